@@ -1,0 +1,279 @@
+"""The U-Net of Ronneberger, Fischer & Brox (MICCAI 2015), for 2D and 3D, unpadded or padded."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from monai.networks.layers.factories import Act, Conv, Dropout, Norm, Pool, split_args
+from torch import nn
+
+from monai_unet.networks.sizes import (
+    halo_1d,
+    input_size_1d,
+    nearest_valid_sizes_1d,
+    output_size_1d,
+    smallest_valid_size_1d,
+)
+
+__all__ = ["UNet"]
+
+_PADDINGS = ("valid", "same")
+_UPSAMPLES = ("deconv", "nontrainable")
+
+
+def _size_error(size: int, axis: int, depth: int, padding: str) -> str:
+    below, above = nearest_valid_sizes_1d(size, depth, padding)
+    first = smallest_valid_size_1d(depth, padding)
+    step = (1 << depth)
+    near = "the nearest valid size is " + str(above)
+    if below > 0:
+        near = "the nearest valid sizes are " + str(below) + " (below) and " + str(above) + " (above)"
+    return (
+        "UNet(padding='"
+        + padding
+        + "', depth="
+        + str(depth)
+        + ") cannot take size "
+        + str(size)
+        + " along spatial axis "
+        + str(axis)
+        + ": "
+        + near
+        + "; valid sizes are "
+        + str(first)
+        + " + "
+        + str(step)
+        + "k. Crop or pad the input to a valid size, or use monai_unet.inferers.OverlapTileInferer for any size."
+    )
+
+
+class _DoubleConv(nn.Sequential):
+    """Two 3-wide convolutions, each followed by optional normalisation and the activation."""
+
+    def __init__(
+        self, spatial_dims: int, in_channels: int, out_channels: int, padding: str, norm: str | tuple | None, act
+    ) -> None:
+        super().__init__()
+        conv_type = Conv[Conv.CONV, spatial_dims]
+        pad = 1 if padding == "same" else 0
+        for i, c_in in enumerate((in_channels, out_channels)):
+            self.add_module(f"conv{i}", conv_type(c_in, out_channels, kernel_size=3, padding=pad, bias=norm is None))
+            if norm is not None:
+                norm_name, norm_args = split_args(norm)
+                norm_type = Norm[norm_name, spatial_dims]
+                if norm_name == Norm.GROUP:
+                    self.add_module(f"norm{i}", norm_type(num_channels=out_channels, **norm_args))
+                else:
+                    self.add_module(f"norm{i}", norm_type(out_channels, **norm_args))
+            act_name, act_args = split_args(act)
+            self.add_module(f"act{i}", Act[act_name](**act_args))
+
+
+class _UpBlock(nn.Module):
+    """Up-convolution by 2, crop-and-concatenate with the contracting path's features, two convolutions."""
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        padding: str,
+        skip: bool,
+        upsample: str,
+        norm: str | tuple | None,
+        act,
+    ) -> None:
+        super().__init__()
+        self.spatial_dims = spatial_dims
+        self.skip = skip
+        if upsample == "deconv":
+            self.up: nn.Module = Conv[Conv.CONVTRANS, spatial_dims](in_channels, out_channels, kernel_size=2, stride=2)
+        else:
+            mode = "bilinear" if spatial_dims == 2 else "trilinear"
+            self.up = nn.Sequential(
+                nn.Upsample(scale_factor=2.0, mode=mode, align_corners=False),
+                Conv[Conv.CONV, spatial_dims](in_channels, out_channels, kernel_size=1),
+            )
+        self.conv = _DoubleConv(spatial_dims, out_channels * (2 if skip else 1), out_channels, padding, norm, act)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = self.up(x)
+        if self.skip:
+            for d in range(self.spatial_dims):
+                diff = skip.shape[d + 2] - x.shape[d + 2]
+                skip = skip.narrow(d + 2, diff // 2, x.shape[d + 2])
+            x = torch.cat([skip, x], dim=1)
+        return self.conv(x)
+
+
+class UNet(nn.Module):
+    """The original U-Net for 2D and 3D images.
+
+    With the defaults this is the network of the paper: unpadded 3x3 convolutions with ReLU, 2x2 max pooling,
+    2x2 transposed up-convolutions that halve the channels, crop-and-concatenate skip connections, a final 1x1
+    convolution, dropout at the end of the contracting path and He initialisation: 31,030,658 parameters,
+    and a 572x572 input gives a 388x388 output.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: input channels.
+        out_channels: output channels (classes, 2 for object/background).
+        features: channels per level, from the top level to the bottom; the depth (number of poolings) is
+            ``len(features) - 1``.
+        padding: ``"valid"`` (unpadded, the paper: the output is smaller than the input by ``2 * halo``) or
+            ``"same"`` (a conventional padded U-Net, output size equals input size).
+        skip_connections: ``False`` drops the skip connections (the FCN-style ablation).
+        dropout: dropout probability at the end of the contracting path (0 disables it).
+        upsample: ``"deconv"`` (2x2 transposed convolution) or ``"nontrainable"`` (linear interpolation by 2
+            followed by a 1x1 convolution); both keep the size rules.
+        norm: ``None`` (the paper) or a MONAI norm name/tuple such as ``"batch"``, ``"instance"``,
+            ``("group", {"num_groups": 8})``.
+        act: MONAI activation name/tuple, ``"relu"`` by default.
+
+    Input ``(B, in_channels, *S)`` with every ``S[i]`` a valid size (see :meth:`is_valid_size`); output
+    ``(B, out_channels, *output_size(S))``.
+    """
+
+    __jit_unused_properties__ = ["depth", "halo"]
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        out_channels: int = 2,
+        features: Sequence[int] = (64, 128, 256, 512, 1024),
+        padding: str = "valid",
+        skip_connections: bool = True,
+        dropout: float = 0.5,
+        upsample: str = "deconv",
+        norm: str | tuple | None = None,
+        act: str | tuple = "relu",
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+        if padding not in _PADDINGS:
+            raise ValueError(f"padding must be one of {_PADDINGS}, got {padding!r}.")
+        if upsample not in _UPSAMPLES:
+            raise ValueError(f"upsample must be one of {_UPSAMPLES}, got {upsample!r}.")
+        features = tuple(int(f) for f in features)
+        if len(features) < 2 or min(features) < 1:
+            raise ValueError(f"features needs at least two positive channel counts (one per level), got {features}.")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.features = features
+        self.padding = padding
+        self.skip_connections = skip_connections
+        self.n_pool = len(features) - 1
+
+        self.encoders = nn.ModuleList()
+        c_in = in_channels
+        for f in features[:-1]:
+            self.encoders.append(_DoubleConv(spatial_dims, c_in, f, padding, norm, act))
+            c_in = f
+        self.pool = Pool[Pool.MAX, spatial_dims](kernel_size=2, stride=2)
+        self.bottom = _DoubleConv(spatial_dims, features[-2], features[-1], padding, norm, act)
+        self.dropout = Dropout[Dropout.DROPOUT, spatial_dims](p=dropout) if dropout > 0 else nn.Identity()
+        self.decoders = nn.ModuleList(
+            _UpBlock(spatial_dims, features[i + 1], features[i], padding, skip_connections, upsample, norm, act)
+            for i in reversed(range(self.n_pool))
+        )
+        self.final = Conv[Conv.CONV, spatial_dims](features[0], out_channels, kernel_size=1)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """He initialisation: normal with std ``sqrt(2 / N)``, ``N`` the inputs feeding one output unit."""
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Conv3d)):
+                fan_in = m.in_channels * math.prod(m.kernel_size)
+            elif isinstance(m, (nn.ConvTranspose2d, nn.ConvTranspose3d)):
+                # each output pixel of a stride-k, k-wide transposed convolution sees one input pixel per channel
+                fan_in = m.in_channels * math.prod(m.kernel_size) // math.prod(m.stride)
+            else:
+                continue
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_in))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    # ---- size rules (all delegate to monai_unet.networks.sizes) -------------------------------------------------
+
+    @property
+    def depth(self) -> int:
+        """Number of 2x poolings, ``len(features) - 1``."""
+        return self.n_pool
+
+    @property
+    def halo(self) -> tuple[int, ...]:
+        """Pixels lost per side along each spatial axis (92 for the paper's network, 0 for ``"same"``)."""
+        return (halo_1d(self.n_pool, self.padding),) * self.spatial_dims
+
+    def _per_axis(self, size: int | Sequence[int]) -> tuple[int, ...]:
+        if isinstance(size, int):
+            return (size,) * self.spatial_dims
+        size = tuple(int(s) for s in size)
+        if len(size) != self.spatial_dims:
+            raise ValueError(f"expected {self.spatial_dims} spatial sizes, got {len(size)}: {size}.")
+        return size
+
+    def is_valid_size(self, size: int | Sequence[int]) -> bool:
+        """Whether ``size`` (one int for every axis, or one per axis) is a valid input size."""
+        return all(output_size_1d(s, self.n_pool, self.padding) > 0 for s in self._per_axis(size))
+
+    def check_input_size(self, size: int | Sequence[int]) -> None:
+        """Raise ``ValueError`` naming the nearest valid sizes if ``size`` is not a valid input size."""
+        for axis, s in enumerate(self._per_axis(size)):
+            if output_size_1d(s, self.n_pool, self.padding) <= 0:
+                raise ValueError(_size_error(s, axis, self.n_pool, self.padding))
+
+    def output_size(self, input_size: int | Sequence[int]) -> tuple[int, ...]:
+        """Spatial output size for a valid ``input_size``; ``ValueError`` with suggestions otherwise."""
+        self.check_input_size(input_size)
+        return tuple(output_size_1d(s, self.n_pool, self.padding) for s in self._per_axis(input_size))
+
+    def input_size(self, output_size: int | Sequence[int]) -> tuple[int, ...]:
+        """The smallest valid input size whose output is at least ``output_size`` along every axis."""
+        return tuple(input_size_1d(s, self.n_pool, self.padding) for s in self._per_axis(output_size))
+
+    def nearest_valid_sizes(self, size: int | Sequence[int]) -> tuple[tuple[int, int], ...]:
+        """Per axis, the nearest valid input sizes ``(below, above)`` (``below`` is -1 when there is none)."""
+        return tuple(nearest_valid_sizes_1d(s, self.n_pool, self.padding) for s in self._per_axis(size))
+
+    def valid_sizes(self, max_size: int, min_size: int = 1) -> list[int]:
+        """All valid input lengths of one axis in ``[min_size, max_size]`` (the same rule holds on every axis)."""
+        first = smallest_valid_size_1d(self.n_pool, self.padding)
+        step = (1 << self.n_pool)
+        start = first if min_size <= first else first + -(-(min_size - first) // step) * step
+        return list(range(start, max_size + 1, step))
+
+    # ---- forward ------------------------------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, in_channels, *S) -> (B, out_channels, *output_size(S))``."""
+        if x.dim() != self.spatial_dims + 2:
+            raise ValueError(
+                "UNet(spatial_dims="
+                + str(self.spatial_dims)
+                + ") expects input of shape (B, C, *spatial) with "
+                + str(self.spatial_dims + 2)
+                + " dimensions, got "
+                + str(x.dim())
+                + "."
+            )
+        for axis in range(self.spatial_dims):
+            s = x.shape[axis + 2]
+            if output_size_1d(s, self.n_pool, self.padding) <= 0:
+                raise ValueError(_size_error(s, axis, self.n_pool, self.padding))
+        skips: list[torch.Tensor] = []
+        for enc in self.encoders:
+            x = enc(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.dropout(self.bottom(x))
+        for i, dec in enumerate(self.decoders):
+            x = dec(x, skips[len(skips) - 1 - i])
+        return self.final(x)
