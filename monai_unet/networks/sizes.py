@@ -49,7 +49,7 @@ def output_size_1d(size: int, depth: int, padding: str = "valid") -> int:
 def smallest_valid_size_1d(depth: int, padding: str = "valid") -> int:
     """The smallest valid input length for the given depth and padding (188 for the paper's valid depth 4)."""
     if padding == "same":
-        return (1 << depth)
+        return 1 << depth
     s = 1
     while output_size_1d(s, depth, padding) < 0:
         s += 1
@@ -64,7 +64,7 @@ def halo_1d(depth: int, padding: str = "valid") -> int:
 
 def input_size_1d(output_size: int, depth: int, padding: str = "valid") -> int:
     """Smallest valid input length whose output length is at least ``output_size``."""
-    step = (1 << depth)
+    step = 1 << depth
     s0 = smallest_valid_size_1d(depth, padding)
     o0 = output_size_1d(s0, depth, padding)
     if output_size <= o0:
@@ -78,7 +78,7 @@ def nearest_valid_sizes_1d(size: int, depth: int, padding: str = "valid") -> tup
 
     When ``size`` is itself valid both are ``size``.
     """
-    step = (1 << depth)
+    step = 1 << depth
     s0 = smallest_valid_size_1d(depth, padding)
     if size < s0:
         return -1, s0

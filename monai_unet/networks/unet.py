@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
-from monai.networks.layers.factories import Act, Conv, Dropout, Norm, Pool, split_args
+from monai.networks.layers.factories import Conv, Dropout, Pool
+from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import nn
 
 from monai_unet.networks.sizes import (
@@ -26,7 +28,7 @@ _UPSAMPLES = ("deconv", "nontrainable")
 def _size_error(size: int, axis: int, depth: int, padding: str) -> str:
     below, above = nearest_valid_sizes_1d(size, depth, padding)
     first = smallest_valid_size_1d(depth, padding)
-    step = (1 << depth)
+    step = 1 << depth
     near = "the nearest valid size is " + str(above)
     if below > 0:
         near = "the nearest valid sizes are " + str(below) + " (below) and " + str(above) + " (above)"
@@ -61,14 +63,8 @@ class _DoubleConv(nn.Sequential):
         for i, c_in in enumerate((in_channels, out_channels)):
             self.add_module(f"conv{i}", conv_type(c_in, out_channels, kernel_size=3, padding=pad, bias=norm is None))
             if norm is not None:
-                norm_name, norm_args = split_args(norm)
-                norm_type = Norm[norm_name, spatial_dims]
-                if norm_name == Norm.GROUP:
-                    self.add_module(f"norm{i}", norm_type(num_channels=out_channels, **norm_args))
-                else:
-                    self.add_module(f"norm{i}", norm_type(out_channels, **norm_args))
-            act_name, act_args = split_args(act)
-            self.add_module(f"act{i}", Act[act_name](**act_args))
+                self.add_module(f"norm{i}", get_norm_layer(norm, spatial_dims, out_channels))
+            self.add_module(f"act{i}", get_act_layer(act))
 
 
 class _UpBlock(nn.Module):
@@ -136,7 +132,7 @@ class UNet(nn.Module):
     ``(B, out_channels, *output_size(S))``.
     """
 
-    __jit_unused_properties__ = ["depth", "halo"]
+    __jit_unused_properties__: ClassVar[list[str]] = ["depth", "halo"]
 
     def __init__(
         self,
@@ -246,7 +242,7 @@ class UNet(nn.Module):
     def valid_sizes(self, max_size: int, min_size: int = 1) -> list[int]:
         """All valid input lengths of one axis in ``[min_size, max_size]`` (the same rule holds on every axis)."""
         first = smallest_valid_size_1d(self.n_pool, self.padding)
-        step = (1 << self.n_pool)
+        step = 1 << self.n_pool
         start = first if min_size <= first else first + -(-(min_size - first) // step) * step
         return list(range(start, max_size + 1, step))
 
