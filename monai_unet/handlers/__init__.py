@@ -1,0 +1,7 @@
+"""Ignite handlers that MONAI lacks: atomic, resumable checkpoints."""
+
+from __future__ import annotations
+
+from monai_unet.handlers.checkpoint import ResumableCheckpoint, atomic_torch_save
+
+__all__ = ["ResumableCheckpoint", "atomic_torch_save"]
