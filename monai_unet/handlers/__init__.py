@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from monai_unet.handlers.checkpoint import ResumableCheckpoint, atomic_torch_save
+from monai_unet.handlers.checkpoint import AtomicCheckpointSaver, ResumableCheckpoint, atomic_torch_save
 
-__all__ = ["ResumableCheckpoint", "atomic_torch_save"]
+__all__ = ["AtomicCheckpointSaver", "ResumableCheckpoint", "atomic_torch_save"]

@@ -19,8 +19,9 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
+from monai.handlers import CheckpointSaver
 
-__all__ = ["ResumableCheckpoint", "atomic_torch_save"]
+__all__ = ["AtomicCheckpointSaver", "ResumableCheckpoint", "atomic_torch_save"]
 
 logger = logging.getLogger(__name__)
 
@@ -136,3 +137,18 @@ class ResumableCheckpoint:
         atomic_torch_save(state, self.path)
         if self.model_path is not None:
             atomic_torch_save(state[self.network_key], self.model_path)
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` with atomic writes (temporary file, then rename), same arguments.
+
+    MONAI sets ``atomic=False`` on its disk saver to keep group/other read permissions; ignite's atomic path
+    restores those permissions after the rename, so nothing is lost by switching it back on.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name in ("_final_checkpoint", "_key_metric_checkpoint", "_interval_checkpoint"):
+            checkpoint = getattr(self, name, None)
+            if checkpoint is not None:
+                checkpoint.save_handler._atomic = True

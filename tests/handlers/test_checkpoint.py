@@ -81,3 +81,16 @@ def test_unreadable_checkpoint_says_what_to_do(tmp_path: Path) -> None:
     handler = ResumableCheckpoint(tmp_path, {"network": net, "optimizer": opt, "trainer": engine})
     with pytest.raises(RuntimeError, match="Delete it"):
         handler.load()
+
+
+def test_monai_checkpoint_saver_made_atomic(tmp_path: Path) -> None:
+    from monai_unet.handlers import AtomicCheckpointSaver
+
+    net = torch.nn.Linear(2, 1)
+    saver = AtomicCheckpointSaver(str(tmp_path), {"model": net}, save_final=True, final_filename="final.pt")
+    assert saver._final_checkpoint.save_handler._atomic
+    engine = Engine(lambda e, b: None)
+    saver.attach(engine)
+    engine.run([0], max_epochs=1)
+    (saved,) = tmp_path.glob("*.pt")
+    torch.testing.assert_close(torch.load(saved, weights_only=True)["weight"], net.weight.detach())
