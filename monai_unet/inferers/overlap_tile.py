@@ -1,0 +1,528 @@
+"""Overlap-tile inference (Ronneberger et al. 2015, Fig. 2): seamless, exact, memory-bounded, any image size.
+
+The image is mirrored at its borders, cut into tiles whose outputs tile the image, each tile is run with its full
+context (the network's halo) and the outputs are stitched. Because every tile starts on the pooling grid of the
+whole image, the result equals one pass of the network over the whole mirrored image, to float rounding.
+
+The mirrored image is never built: each tile is gathered from the source through per-axis index maps, and a
+lazily read source (numpy memmap, zarr, a tifffile zarr store) is read only where a tile needs it. The output
+can be written into a caller-given array (memmap, zarr) tile by tile, so neither exists whole in memory.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.inferers import Inferer
+from torch import nn
+
+from monai_unet.inferers.tiling import (
+    AxisPlan,
+    SizeRules,
+    blend_weights,
+    estimate_activation_bytes,
+    gaussian_weights_1d,
+    plan_axis,
+    reflect_indices,
+    size_rules_of,
+)
+from monai_unet.networks.sizes import nearest_valid_sizes_1d
+
+__all__ = ["OverlapTileInferer", "choose_tile_size", "overlap_tile_inference"]
+
+_MODES = ("constant", "gaussian")
+_ACTIVATIONS = ("softmax", "sigmoid", "none")
+# default activation budget per forward: keeps tiles in the fast range of a CPU (about a 700-1000 px tile of a
+# features-16 2D UNet) while giving large tiles (fewer FLOPs per output pixel) to 3D networks
+DEFAULT_MEMORY_BUDGET = 512 * 2**20
+
+
+# ---- sources and sinks -------------------------------------------------------------------------------------------
+
+
+class _Source:
+    """A ``(B, C, *S)`` view of a tensor or a lazily read array of shape ``(B, C, *S)``, ``(C, *S)`` or ``(*S)``."""
+
+    def __init__(self, data: Any, dims: int) -> None:
+        self.data = data
+        self.is_tensor = isinstance(data, torch.Tensor)
+        shape = tuple(int(s) for s in data.shape)
+        self.lead = len(shape) - dims
+        if self.is_tensor and self.lead != 2:
+            raise ValueError(
+                f"inputs must be a tensor of shape (B, C, *spatial) with {dims} spatial dimensions "
+                f"({dims + 2} in all), got shape {shape}."
+            )
+        if self.lead not in (0, 1, 2):
+            raise ValueError(
+                f"inputs must have shape (B, C, *spatial), (C, *spatial) or (*spatial) with {dims} spatial "
+                f"dimensions, got shape {shape}."
+            )
+        self.shape = (1,) * (2 - self.lead) + shape
+
+    def read(self, b: int, box: Sequence[slice]) -> torch.Tensor:
+        """The block ``[b, :, *box]`` as a tensor ``(C, *box)`` (a view for tensors, a read for arrays)."""
+        box = tuple(box)
+        if self.lead == 2:
+            block = self.data[(b, slice(None), *box)]
+        elif self.lead == 1:
+            block = self.data[(slice(None), *box)]
+        else:
+            block = self.data[box][None]
+        if self.is_tensor:
+            return block
+        block = np.asarray(block)
+        if block.dtype.kind not in "fc" or block.dtype.byteorder not in "=|":
+            block = block.astype(np.float32)
+        return torch.from_numpy(np.ascontiguousarray(block))
+
+
+def _sink_index(out: Any, dims: int, b: int, box: Sequence[slice]) -> tuple:
+    lead = len(out.shape) - dims
+    if lead == 2:
+        return (b, slice(None), *box)
+    if lead == 1:
+        return (slice(None), *box)
+    return tuple(box)
+
+
+def _check_out(out: Any, shape: tuple[int, ...], dims: int) -> None:
+    got = tuple(int(s) for s in out.shape)
+    b, c, spatial = shape[0], shape[1], shape[2:]
+    ok = (
+        got == shape
+        or (b == 1 and got == (c, *spatial))
+        or (b == 1 and c == 1 and got == tuple(spatial) and len(got) == dims)
+    )
+    if not ok:
+        raise ValueError(
+            f"out has shape {got}, but the output is {shape} (B, C_out, *spatial); give an array of that shape "
+            "(or (C_out, *spatial) for one image, or (*spatial) for one image with one output channel)."
+        )
+
+
+# ---- settings ----------------------------------------------------------------------------------------------------
+
+
+def _per_axis(value: int | Sequence[int], dims: int, name: str) -> tuple[int, ...]:
+    if isinstance(value, (int, np.integer)):
+        return (int(value),) * dims
+    t = tuple(int(v) for v in value)
+    if len(t) == 1:
+        return t * dims
+    if len(t) != dims:
+        raise ValueError(f"{name} needs one value or {dims} (one per spatial axis), got {t}.")
+    return t
+
+
+def _check_tile(tile: tuple[int, ...], rules: SizeRules) -> None:
+    if rules.depth is None:
+        return
+    for axis, t in enumerate(tile):
+        if not rules.is_valid(t):
+            below, above = nearest_valid_sizes_1d(t, rules.depth, rules.padding)
+            near = f"{below} or {above}" if below > 0 else f"{above}"
+            raise ValueError(
+                f"tile_size {t} along spatial axis {axis} is not a valid input size of the network "
+                f"(padding={rules.padding!r}, depth {rules.depth}); use {near}."
+            )
+
+
+def choose_tile_size(rules: SizeRules, dims: int, memory_budget: int, sw_batch_size: int = 1) -> tuple[int, ...]:
+    """The largest valid cubic tile whose estimated activation memory for ``sw_batch_size`` tiles fits
+    ``memory_budget`` bytes (see :func:`~monai_unet.inferers.tiling.estimate_activation_bytes`).
+
+    Raises ``ValueError`` if even the smallest valid tile does not fit.
+    """
+    if rules.depth is None:
+        raise ValueError("choosing a tile from a memory budget needs a monai-unet UNet; give tile_size instead.")
+    first = rules.smallest_valid()
+    step = 1 << rules.depth
+
+    def cost(t: int) -> int:
+        return estimate_activation_bytes(rules, (t,) * dims, sw_batch_size)
+
+    need = cost(first)
+    if need > memory_budget:
+        raise ValueError(
+            f"memory_budget={memory_budget} bytes is too small: the smallest valid tile ({first} per axis) needs "
+            f"about {need} bytes for sw_batch_size={sw_batch_size}; raise the budget or lower sw_batch_size."
+        )
+    lo, hi = 0, 1
+    while cost(first + hi * step) <= memory_budget and hi < 1 << 20:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if cost(first + mid * step) <= memory_budget else (lo, mid)
+    return (first + lo * step,) * dims
+
+
+def _probe_halo(network: Callable, tile: tuple[int, ...], channels: int, device: torch.device, dtype) -> tuple:
+    """Learn the halo of a network without size attributes by one forward of a zero tile."""
+    with torch.no_grad():
+        y = network(torch.zeros((1, channels, *tile), device=device, dtype=dtype))
+    diff = [t - int(s) for t, s in zip(tile, y.shape[2:])]
+    if any(d < 0 or d % 2 for d in diff):
+        raise ValueError(
+            f"probing the network with a {tile} tile gave a {tuple(y.shape[2:])} output: the size difference is not "
+            "a non-negative even number per axis, so it has no halo; give halo= explicitly."
+        )
+    return tuple(d // 2 for d in diff)
+
+
+def _network_device_dtype(network: Any) -> tuple[torch.device | None, torch.dtype]:
+    if isinstance(network, nn.Module):
+        for p in network.parameters():
+            return p.device, p.dtype if p.dtype.is_floating_point else torch.float32
+    return None, torch.float32
+
+
+# ---- the work ----------------------------------------------------------------------------------------------------
+
+
+def overlap_tile_inference(
+    inputs: torch.Tensor | Any,
+    network: Callable[..., torch.Tensor],
+    tile_size: int | Sequence[int] | None = None,
+    sw_batch_size: int = 1,
+    overlap: float = 0.0,
+    mode: str = "constant",
+    sigma_scale: float = 0.125,
+    sw_device: torch.device | str | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+    halo: int | Sequence[int] | None = None,
+    memory_budget: int | None = None,
+    tta: bool = False,
+    tta_activation: str = "softmax",
+    out: Any = None,
+    *args: Any,
+    **kwargs: Any,
+) -> torch.Tensor | Any:
+    """Run ``network`` over ``inputs`` tile by tile with mirrored borders and stitch the outputs.
+
+    Args:
+        inputs: ``(B, C, *S)`` tensor, or a lazily read array (numpy memmap, zarr array, ...) of shape
+            ``(B, C, *S)``, ``(C, *S)`` or ``(*S)``; any spatial size, also smaller than the halo.
+        network: maps ``(N, C, *tile)`` to ``(N, C_out, *(tile - 2 * halo))``.
+        others: see :class:`OverlapTileInferer`.
+        out: optional array (numpy memmap, zarr, tensor) of shape ``(B, C_out, *S)`` (or ``(C_out, *S)``,
+            ``(*S)`` for ``B == 1``) written tile by tile and returned.
+
+    Returns:
+        ``(B, C_out, *S)`` tensor on ``device`` (or ``out``): the network's output (logits) stitched; with
+        ``tta`` the average of the activated (probability) outputs over all flips.
+    """
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}.")
+    if tta_activation not in _ACTIVATIONS:
+        raise ValueError(f"tta_activation must be one of {_ACTIVATIONS}, got {tta_activation!r}.")
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}.")
+    if sw_batch_size < 1:
+        raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}.")
+    rules = size_rules_of(network, halo)
+    dims = rules.spatial_dims
+    if dims is None and tile_size is not None and not isinstance(tile_size, int) and len(tile_size) > 1:
+        dims = len(tile_size)
+    if dims is None:
+        dims = len(inputs.shape) - 2 if isinstance(inputs, torch.Tensor) else None
+    if dims is None:
+        raise ValueError("cannot tell the number of spatial dimensions: give tile_size or halo with one per axis.")
+    src = _Source(inputs, dims)
+    bsz, chans, spatial = src.shape[0], src.shape[1], src.shape[2:]
+    if min(spatial) < 1:
+        raise ValueError(f"inputs has an empty spatial axis: shape {tuple(inputs.shape)}.")
+
+    net_device, net_dtype = _network_device_dtype(network)
+    if sw_device is None:
+        sw_device = inputs.device if src.is_tensor else (net_device or torch.device("cpu"))
+    sw_device = torch.device(sw_device)
+    if device is None:
+        device = inputs.device if src.is_tensor else torch.device("cpu")
+    device = torch.device(device)
+
+    # tile size: given, or from a memory budget
+    if tile_size is not None:
+        tile = _per_axis(tile_size, dims, "tile_size")
+        _check_tile(tile, rules)
+    elif rules.depth is not None:
+        if memory_budget is None:
+            memory_budget = DEFAULT_MEMORY_BUDGET
+            if sw_device.type == "cuda":
+                free, _ = torch.cuda.mem_get_info(sw_device)
+                memory_budget = max(memory_budget, free // 2)
+        tile = choose_tile_size(rules, dims, int(memory_budget), sw_batch_size)
+    else:
+        raise ValueError(
+            "the network has no monai-unet size rules (not a UNet, or a traced module): give tile_size (a size "
+            "the network accepts) and, for an unpadded network, halo (or it is probed once from tile_size)."
+        )
+    if rules.halo is None:
+        hal = _probe_halo(network, tile, chans, sw_device, net_dtype)
+    else:
+        hal = _per_axis(rules.halo, dims, "halo")
+    if len(hal) != dims:
+        raise ValueError(f"halo has {len(hal)} values but the image has {dims} spatial dimensions.")
+
+    fit = tile_size is None or rules.depth is not None
+    plans = [plan_axis(s, t, h, rules, overlap, fit=fit) for s, t, h in zip(spatial, tile, hal)]
+    tile = tuple(p.tile for p in plans)
+    # without extra overlap every pixel is written by exactly one tile (its owner): plain slice assignment
+    blend = overlap > 0.0
+    weights = None
+    if blend:
+        weights = []
+        for p in plans:
+            w = (
+                gaussian_weights_1d(p.out, sigma_scale)
+                if mode == "gaussian"
+                else torch.ones(p.out, dtype=torch.float64)
+            )
+            weights.append([v.to(device) for v in blend_weights(p, w)])
+
+    # per-axis source index maps of every tile position: (lo, hi, local indices or None when contiguous)
+    maps = []
+    for p, s in zip(plans, spatial):
+        axis_maps = []
+        for start in p.starts:
+            idx = reflect_indices(start - p.halo, p.tile, s)
+            lo, hi = int(idx.min()), int(idx.max()) + 1
+            local = idx - lo
+            contiguous = hi - lo == p.tile and bool((local == torch.arange(p.tile)).all())
+            axis_maps.append((lo, hi, None if contiguous else local))
+        maps.append(axis_maps)
+
+    jobs = [(b, pos) for b in range(bsz) for pos in itertools.product(*(range(len(p.starts)) for p in plans))]
+    in_dtype = net_dtype
+    flips = [()] if not tta else [f for r in range(dims + 1) for f in itertools.combinations(range(2, dims + 2), r)]
+
+    result = None
+    external = out is not None
+    checked = False
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(jobs), desc="overlap-tile", unit="tile")
+    for first in range(0, len(jobs), sw_batch_size):
+        chunk = jobs[first : first + sw_batch_size]
+        xb = torch.empty((len(chunk), chans, *tile), dtype=in_dtype, device=sw_device)
+        for i, (b, pos) in enumerate(chunk):
+            box = [slice(maps[a][k][0], maps[a][k][1]) for a, k in enumerate(pos)]
+            block = src.read(b, box)
+            for a, k in enumerate(pos):
+                local = maps[a][k][2]
+                if local is not None:
+                    block = block.index_select(a + 1, local.to(block.device))
+            xb[i].copy_(block)
+        y = _predict(network, xb, flips, tta_activation if tta else "none", *args, **kwargs)
+        if not checked:
+            _check_output(y, tile, hal, plans)
+            checked = True
+            if external:
+                _check_out(out, (bsz, y.shape[1], *spatial), dims)
+                if blend:
+                    _zero_fill(out, dims)
+            else:
+                shape = (bsz, y.shape[1], *spatial)
+                result = (torch.zeros if blend else torch.empty)(shape, dtype=y.dtype, device=device)
+        y = y.to(device)
+        for i, (b, pos) in enumerate(chunk):
+            if blend:
+                dst = [
+                    slice(plans[a].starts[k], min(plans[a].starts[k] + plans[a].out, plans[a].size))
+                    for a, k in enumerate(pos)
+                ]
+                piece = y[(i, slice(None), *(slice(0, d.stop - d.start) for d in dst))]
+                for a, k in enumerate(pos):
+                    shape = [1] * (dims + 1)
+                    shape[a + 1] = -1
+                    piece = piece * weights[a][k].view(shape)
+                if external:
+                    idx = _sink_index(out, dims, b, dst)
+                    out[idx] = out[idx] + _to_numpy(piece, out, idx)
+                else:
+                    result[(b, slice(None), *dst)] += piece
+            else:
+                dst = [slice(*plans[a].own[k]) for a, k in enumerate(pos)]
+                loc = [
+                    slice(d.start - plans[a].starts[k], d.stop - plans[a].starts[k])
+                    for a, (d, k) in enumerate(zip(dst, pos))
+                ]
+                piece = y[(i, slice(None), *loc)]
+                if external:
+                    idx = _sink_index(out, dims, b, dst)
+                    out[idx] = _to_numpy(piece, out, idx)
+                else:
+                    result[(b, slice(None), *dst)] = piece
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    return out if external else result
+
+
+def _to_numpy(piece: torch.Tensor, out: Any, idx: tuple) -> Any:
+    if isinstance(out, torch.Tensor):
+        return piece.to(out.device, out.dtype)
+    arr = piece.detach().cpu().numpy()
+    want = len(out.shape) - sum(isinstance(i, int) for i in idx)
+    while arr.ndim > want:
+        arr = arr[0]
+    return arr
+
+
+def _zero_fill(out: Any, dims: int) -> None:
+    """Zero a caller-given output slab by slab along the first spatial axis (never a whole-size temporary)."""
+    n = out.shape[len(out.shape) - dims]
+    per = max(1, n // max(1, math.ceil(math.prod(out.shape) / 2**24)))
+    for s in range(0, n, per):
+        idx = (slice(None),) * (len(out.shape) - dims) + (slice(s, min(n, s + per)),)
+        if isinstance(out, torch.Tensor):
+            out[idx] = 0
+        else:
+            region = out[idx]
+            out[idx] = np.zeros(np.shape(region), dtype=out.dtype)
+
+
+def _predict(
+    network: Callable, x: torch.Tensor, flips: list, activation: str, *args: Any, **kwargs: Any
+) -> torch.Tensor:
+    if flips == [()] and activation == "none":
+        return network(x, *args, **kwargs)
+    acc = None
+    for f in flips:
+        y = network(torch.flip(x, f) if f else x, *args, **kwargs)
+        if activation == "softmax":
+            y = torch.softmax(y, dim=1)
+        elif activation == "sigmoid":
+            y = torch.sigmoid(y)
+        if f:
+            y = torch.flip(y, f)
+        acc = y if acc is None else acc + y
+    return acc / len(flips)
+
+
+def _check_output(y: Any, tile: tuple[int, ...], hal: tuple[int, ...], plans: list[AxisPlan]) -> None:
+    if not isinstance(y, torch.Tensor):
+        raise ValueError(f"the network must return a tensor, got {type(y).__name__}.")
+    want = tuple(p.out for p in plans)
+    got = tuple(int(s) for s in y.shape[2:])
+    if got != want:
+        rel = "smaller" if math.prod(got) < math.prod(want) else "larger"
+        real = tuple((t - g) / 2 for t, g in zip(tile, got))
+        raise ValueError(
+            f"the network's output for a {tile} tile is {got}, {rel} than the halo {hal} predicts ({want}); "
+            f"its halo looks like {real}. Give the right halo= (or none for a monai-unet UNet)."
+        )
+
+
+class OverlapTileInferer(Inferer):
+    """Overlap-tile inference as a MONAI :class:`~monai.inferers.Inferer`, for unpadded and padded networks.
+
+    ``inferer(inputs, network)`` returns an output of the input's spatial size. With the defaults it equals one
+    pass of the network over the whole image mirrored at its borders (to float rounding), for any image size.
+    For a ``padding="same"`` network (halo 0) it is a drop-in replacement for MONAI's ``SlidingWindowInferer``
+    (give ``overlap`` and ``mode="gaussian"`` for the same blending).
+
+    The halo comes from the network's size rules (a monai-unet ``UNet``, also TorchScript-scripted or wrapped
+    in DataParallel/DDP, carries ``n_pool``, ``padding`` and ``spatial_dims``); for any other network give
+    ``halo``, or it is learnt by one forward of a ``tile_size`` zero tile.
+
+    Args:
+        tile_size: input tile size (int or one per axis), a valid input size of the network. For a monai-unet
+            UNet it is the largest tile used: along each axis the smallest valid tile that needs no more tiles
+            is taken, so little is computed outside the image. ``None``: chosen from ``memory_budget``.
+        sw_batch_size: tiles per forward.
+        overlap: extra overlap of the output tiles, fraction in ``[0, 1)``; ``0`` (default) stitches disjoint
+            tiles by slice assignment, which is exact for an unpadded network.
+        mode: blending of overlapping tiles, ``"constant"`` or ``"gaussian"`` (used when ``overlap > 0``).
+        sigma_scale: Gaussian sigma as a fraction of the output tile size.
+        sw_device: device of the tiles and the forward (default: the inputs' device, or the network's for
+            arrays). ``device``: device of the stitched output (default: the inputs' device, CPU for arrays).
+        progress: show a tqdm progress bar over tiles.
+        halo: pixels lost per side by the network (int or one per axis); only for networks without size rules.
+        memory_budget: bytes of activation memory one forward of ``sw_batch_size`` tiles may use; the largest
+            valid tile fitting the analytic estimate is taken (``ValueError`` if the smallest does not fit).
+            Default 512 MiB (half the free memory on CUDA if more).
+        tta: flip test-time augmentation: average the activated outputs over all ``2 ** spatial_dims`` flips.
+        tta_activation: ``"softmax"`` (over channels), ``"sigmoid"`` or ``"none"`` (average logits).
+
+    Call: ``inferer(inputs, network, *args, out=None, **kwargs)`` with ``inputs`` ``(B, C, *S)`` (a tensor,
+    or a lazily read array of shape ``(B, C, *S)``, ``(C, *S)`` or ``(*S)``); returns ``(B, C_out, *S)``, or
+    ``out`` (an array written tile by tile) when given. ``args``/``kwargs`` go to the network.
+    """
+
+    def __init__(
+        self,
+        tile_size: int | Sequence[int] | None = None,
+        sw_batch_size: int = 1,
+        overlap: float = 0.0,
+        mode: str = "constant",
+        sigma_scale: float = 0.125,
+        sw_device: torch.device | str | None = None,
+        device: torch.device | str | None = None,
+        progress: bool = False,
+        halo: int | Sequence[int] | None = None,
+        memory_budget: int | None = None,
+        tta: bool = False,
+        tta_activation: str = "softmax",
+    ) -> None:
+        super().__init__()
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}.")
+        if tta_activation not in _ACTIVATIONS:
+            raise ValueError(f"tta_activation must be one of {_ACTIVATIONS}, got {tta_activation!r}.")
+        if not 0.0 <= overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {overlap}.")
+        if sw_batch_size < 1:
+            raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}.")
+        if memory_budget is not None and memory_budget <= 0:
+            raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}.")
+        self.tile_size = tile_size
+        self.sw_batch_size = sw_batch_size
+        self.overlap = overlap
+        self.mode = mode
+        self.sigma_scale = sigma_scale
+        self.sw_device = sw_device
+        self.device = device
+        self.progress = progress
+        self.halo = halo
+        self.memory_budget = memory_budget
+        self.tta = tta
+        self.tta_activation = tta_activation
+
+    def __call__(
+        self,
+        inputs: torch.Tensor | Any,
+        network: Callable[..., torch.Tensor],
+        *args: Any,
+        out: Any = None,
+        **kwargs: Any,
+    ) -> torch.Tensor | Any:
+        """``(B, C, *S) -> (B, C_out, *S)``; see the class docstring."""
+        return overlap_tile_inference(
+            inputs,
+            network,
+            self.tile_size,
+            self.sw_batch_size,
+            self.overlap,
+            self.mode,
+            self.sigma_scale,
+            self.sw_device,
+            self.device,
+            self.progress,
+            self.halo,
+            self.memory_budget,
+            self.tta,
+            self.tta_activation,
+            out,
+            *args,
+            **kwargs,
+        )

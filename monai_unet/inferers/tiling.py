@@ -1,0 +1,283 @@
+"""Tiling plans for overlap-tile inference: the network's size rules, mirrored index maps, tile grids, weights.
+
+Everything here works per spatial axis on plain integers (and small 1D tensors), so the inferer never
+materialises a padded copy of the image: a tile is gathered from the source through index maps, and
+stitching weights are separable products of per-axis vectors. The size arithmetic itself is asked of
+:mod:`monai_unet.networks.sizes` (one rule, one place).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from monai_unet.networks.sizes import halo_1d, output_size_1d, smallest_valid_size_1d
+
+__all__ = [
+    "AxisPlan",
+    "SizeRules",
+    "estimate_activation_bytes",
+    "gaussian_weights_1d",
+    "plan_axis",
+    "reflect_indices",
+    "size_rules_of",
+]
+
+# tile starts of a valid network without size attributes are aligned to this (exact for depth <= 5)
+_UNKNOWN_ALIGN = 32
+
+
+def unwrap_network(network: object) -> object:
+    """The module inside DataParallel / DistributedDataParallel wrappers (anything with ``.module``)."""
+    seen = 0
+    while isinstance(network, nn.Module) and hasattr(network, "module") and isinstance(network.module, nn.Module):
+        network = network.module
+        seen += 1
+        if seen > 8:
+            break
+    return network
+
+
+@dataclass(frozen=True)
+class SizeRules:
+    """What the inferer needs to know about a network's sizes.
+
+    Attributes:
+        spatial_dims: 2 or 3 (``None`` when unknown: taken from the input).
+        halo: pixels lost per side along each axis.
+        depth: number of poolings when the network is a monai-unet UNet (plain or TorchScript), else ``None``.
+        padding: ``"valid"`` or ``"same"`` when known.
+        align: tile starts are multiples of this, so that every tile sees the pooling grid of the whole image.
+        features, in_channels, out_channels: for the activation-memory estimate (``None`` when unknown).
+    """
+
+    spatial_dims: int | None
+    halo: tuple[int, ...] | None
+    depth: int | None = None
+    padding: str | None = None
+    align: int = 1
+    features: tuple[int, ...] | None = None
+    in_channels: int | None = None
+    out_channels: int | None = None
+
+    def is_valid(self, size: int) -> bool:
+        if self.depth is None:
+            return size > 0
+        return output_size_1d(size, self.depth, self.padding) > 0
+
+    def valid_sizes(self, max_size: int) -> list[int]:
+        """Valid tile lengths up to ``max_size`` (ascending), from the network's size rules."""
+        assert self.depth is not None
+        first = smallest_valid_size_1d(self.depth, self.padding)
+        return list(range(first, max_size + 1, 1 << self.depth))
+
+    def smallest_valid(self) -> int:
+        assert self.depth is not None
+        return smallest_valid_size_1d(self.depth, self.padding)
+
+
+def size_rules_of(network: object, halo: int | Sequence[int] | None = None) -> SizeRules:
+    """Read a network's size rules: a monai-unet UNet (also TorchScript-scripted, or wrapped by DDP) has
+    ``n_pool``/``padding``/``spatial_dims`` attributes; anything else gets only the given ``halo`` (or none,
+    and the caller probes it).
+    """
+    net = unwrap_network(network)
+    depth = getattr(net, "n_pool", None)
+    padding = getattr(net, "padding", None)
+    dims = getattr(net, "spatial_dims", None)
+    if isinstance(depth, int) and padding in ("valid", "same") and dims in (2, 3):
+        own = (halo_1d(depth, padding),) * dims
+        if halo is not None:
+            given = _per_axis(halo, dims, "halo")
+            if given != own:
+                raise ValueError(
+                    f"halo={given} was given, but the network's size rules say its halo is {own}; "
+                    "leave halo unset for a monai-unet UNet."
+                )
+        feats = getattr(net, "features", None)
+        return SizeRules(
+            spatial_dims=dims,
+            halo=own,
+            depth=depth,
+            padding=padding,
+            align=1 << depth,
+            features=tuple(int(f) for f in feats) if feats is not None else None,
+            in_channels=getattr(net, "in_channels", None),
+            out_channels=getattr(net, "out_channels", None),
+        )
+    if halo is None:
+        return SizeRules(spatial_dims=None, halo=None)
+    if isinstance(halo, int):
+        halo = (halo,)
+    h = tuple(int(v) for v in halo)
+    if min(h) < 0:
+        raise ValueError(f"halo must be >= 0, got {h}.")
+    return SizeRules(spatial_dims=len(h) if len(h) > 1 else None, halo=h, align=1 if max(h) == 0 else _UNKNOWN_ALIGN)
+
+
+def _per_axis(value: int | Sequence[int], dims: int, name: str) -> tuple[int, ...]:
+    if isinstance(value, int):
+        return (int(value),) * dims
+    out = tuple(int(v) for v in value)
+    if len(out) == 1:
+        return out * dims
+    if len(out) != dims:
+        raise ValueError(f"{name} needs one value or {dims} values (one per spatial axis), got {out}.")
+    return out
+
+
+def reflect_indices(start: int, length: int, size: int) -> torch.Tensor:
+    """Source indices of the mirrored coordinates ``start, ..., start + length - 1`` of an axis of ``size``.
+
+    Reflection without repeating the edge pixel (numpy's ``"reflect"``), repeated back and forth when the
+    coordinates reach beyond the image by more than its size, so any pad works on any image (also 1 pixel).
+    """
+    p = torch.arange(start, start + length, dtype=torch.int64)
+    if size == 1:
+        return torch.zeros_like(p)
+    period = 2 * (size - 1)
+    m = torch.remainder(p, period)
+    return torch.where(m >= size, period - m, m)
+
+
+@dataclass(frozen=True)
+class AxisPlan:
+    """The tiles along one axis, in output coordinates (input tile ``k`` starts at ``starts[k] - halo``).
+
+    Attributes:
+        tile: input tile length; ``out``: its output length (``tile - 2 * halo``).
+        starts: output start of each tile (multiples of the alignment).
+        own: ``(lo, hi)`` per tile, the part of the image this tile writes when tiles are not blended
+            (consecutive, disjoint, covering ``[0, size)``).
+    """
+
+    size: int
+    tile: int
+    out: int
+    halo: int
+    starts: tuple[int, ...]
+    own: tuple[tuple[int, int], ...]
+
+
+def _starts(size: int, out: int, step: int, align: int) -> list[int]:
+    if size <= out:
+        return [0]
+    n = -(-(size - out) // step) + 1
+    last = -(-(size - out) // align) * align
+    return [k * step for k in range(n - 1)] + [last]
+
+
+def _step(out: int, overlap: float, align: int) -> int:
+    return max(align, int(out * (1.0 - overlap)) // align * align)
+
+
+def plan_axis(size: int, tile: int, halo: int, rules: SizeRules, overlap: float = 0.0, fit: bool = True) -> AxisPlan:
+    """Plan the tiles along one axis of ``size`` pixels with input tiles of (at most, if ``fit``) ``tile``.
+
+    With ``fit`` the tile is shrunk to the smallest valid length that needs no more tiles, so that little is
+    computed beyond the image. Raises ``ValueError`` when the tile is too small to tile the image seamlessly.
+    """
+    out = tile - 2 * halo
+    if out <= 0:
+        raise ValueError(f"tile size {tile} is not larger than twice the halo ({halo}): it has no output.")
+    align = rules.align
+    if size > out and out < align:
+        raise ValueError(
+            f"tile size {tile} gives an output of {out} pixels, fewer than the network's pooling step {align}: "
+            "tiles could not keep the pooling grid of the whole image. Use a larger tile_size."
+        )
+    step = _step(out, overlap, align)
+    n = len(_starts(size, out, step, align))
+    if fit and rules.depth is not None:
+        for t in rules.valid_sizes(tile):
+            o = t - 2 * halo
+            if o <= 0 or (size > o and o < align):
+                continue
+            s = _step(o, overlap, align)
+            if len(_starts(size, o, s, align)) <= n:
+                tile, out, step = t, o, s
+                break
+    starts = _starts(size, out, step, align)
+    own = []
+    for k, s in enumerate(starts):
+        lo = 0 if k == 0 else s
+        hi = starts[k + 1] if k + 1 < len(starts) else size
+        own.append((lo, min(hi, size)))
+    return AxisPlan(size=size, tile=tile, out=out, halo=halo, starts=tuple(starts), own=tuple(own))
+
+
+def gaussian_weights_1d(out: int, sigma_scale: float) -> torch.Tensor:
+    """A Gaussian over ``out`` pixels centred on the tile, ``sigma = sigma_scale * out`` (MONAI's importance map
+    is the product of these along the axes), clamped away from zero."""
+    c = (out - 1) / 2.0
+    sigma = max(sigma_scale * out, 1e-3)
+    i = torch.arange(out, dtype=torch.float64)
+    w = torch.exp(-((i - c) ** 2) / (2.0 * sigma**2))
+    return torch.clamp(w / w.max(), min=1e-3)
+
+
+def blend_weights(plan: AxisPlan, w: torch.Tensor) -> list[torch.Tensor]:
+    """Per tile of the axis, its weights divided by the sum of all tiles' weights at each pixel.
+
+    The tile grid is a Cartesian product of the axes' tiles and the weight a product of per-axis weights, so
+    the normalisation map is the product of per-axis sums: no N-dimensional count map is ever built.
+    Each returned vector is cut to the tile's part inside the image (``[start, min(start + out, size))``).
+    """
+    total = torch.zeros(max(plan.size, plan.starts[-1] + plan.out), dtype=torch.float64)
+    for s in plan.starts:
+        total[s : s + plan.out] += w
+    out = []
+    for s in plan.starts:
+        e = min(s + plan.out, plan.size)
+        out.append((w[: e - s] / total[s:e]).to(torch.float32))
+    return out
+
+
+def estimate_activation_bytes(rules: SizeRules, tile: Sequence[int], batch: int, dtype_bytes: int = 4) -> int:
+    """Peak activation memory of one forward of a monai-unet UNet on ``batch`` tiles (no autograd graph).
+
+    Walks the network level by level: the skip tensors are kept alive while, at each layer, its input and
+    output coexist; the peak of (kept skips + input + output) over the layers, plus input and output tiles,
+    with a 25% margin for allocator slack and convolution workspace.
+    """
+    if rules.features is None or rules.depth is None:
+        raise ValueError(
+            "a memory budget needs the network's activation estimate, which is known only for a monai-unet UNet; "
+            "give tile_size instead."
+        )
+    feats, valid = rules.features, rules.padding == "valid"
+    cin = rules.in_channels or 1
+    cout = rules.out_channels or 1
+    red = 2 if valid else 0
+
+    def vol(c: int, s: Sequence[int]) -> int:
+        return c * math.prod(s)
+
+    # the skips stay alive until the forward returns, so ``kept`` only grows
+    sizes = list(tile)
+    peak = 0
+    kept = 0
+    c = cin
+    for f in feats[:-1]:
+        a = [s - red for s in sizes]
+        b = [s - red for s in a]
+        peak = max(peak, kept + vol(c, sizes) + 2 * vol(f, a), kept + 3 * vol(f, b))
+        kept += vol(f, b)
+        sizes = [s // 2 for s in b]
+        c = f
+    a = [s - red for s in sizes]
+    b = [s - red for s in a]
+    peak = max(peak, kept + vol(c, sizes) + 2 * vol(feats[-1], a), kept + 3 * vol(feats[-1], b))
+    sizes, c = b, feats[-1]
+    for f in reversed(feats[:-1]):
+        up = [2 * s for s in sizes]
+        a = [s - red for s in up]
+        b = [s - red for s in a]
+        peak = max(peak, kept + vol(c, sizes) + vol(f, up), kept + 3 * vol(f, up) + vol(f, a), kept + 3 * vol(f, b))
+        sizes, c = b, f
+    peak = max(peak, kept + vol(c, sizes) + vol(cout, sizes))
+    return int(1.25 * dtype_bytes * batch * (peak + vol(cin, tile) + vol(cout, sizes)))
