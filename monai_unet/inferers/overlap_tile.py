@@ -11,6 +11,7 @@ can be written into a caller-given array (memmap, zarr) tile by tile, so neither
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -18,10 +19,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from monai.inferers import Inferer
+from monai.utils import convert_to_dst_type
 from torch import nn
 
 from monai_unet.inferers.tiling import (
+    _UNKNOWN_ALIGN,
     AxisPlan,
     SizeRules,
     blend_weights,
@@ -234,6 +238,9 @@ def overlap_tile_inference(
         dims = len(inputs.shape) - 2 if isinstance(inputs, torch.Tensor) else None
     if dims is None:
         raise ValueError("cannot tell the number of spatial dimensions: give tile_size or halo with one per axis.")
+    meta_like = inputs if isinstance(inputs, MetaTensor) else None
+    if meta_like is not None:
+        inputs = inputs.as_tensor()  # plain tensor: indexing a MetaTensor per tile would copy its metadata
     src = _Source(inputs, dims)
     bsz, chans, spatial = src.shape[0], src.shape[1], src.shape[2:]
     if min(spatial) < 1:
@@ -265,6 +272,7 @@ def overlap_tile_inference(
         )
     if rules.halo is None:
         hal = _probe_halo(network, tile, chans, sw_device, net_dtype)
+        rules = dataclasses.replace(rules, halo=hal, align=1 if max(hal) == 0 else _UNKNOWN_ALIGN)
     else:
         hal = _per_axis(rules.halo, dims, "halo")
     if len(hal) != dims:
@@ -365,7 +373,11 @@ def overlap_tile_inference(
             bar.update(len(chunk))
     if bar is not None:
         bar.close()
-    return out if external else result
+    if external:
+        return out
+    if meta_like is not None:
+        result = convert_to_dst_type(result, meta_like, device=device)[0]
+    return result
 
 
 def _to_numpy(piece: torch.Tensor, out: Any, idx: tuple) -> Any:
