@@ -1,0 +1,136 @@
+"""Atomic file writing and the manifest that marks a generated dataset complete.
+
+Every file is written to a hidden temporary name in its destination folder and then renamed, so an interrupted run
+never leaves a half-written file under a name that a datalist would pick up.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MANIFEST_NAME = ".monai_unet_dataset.json"
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def atomic_write_png(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write a 2D uint8 array as a greyscale PNG, atomically."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8), mode="L").save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def atomic_write_tiff(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write one 2D array as a single-page TIFF (dtype preserved), atomically."""
+    import tifffile
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.ascontiguousarray(array))
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def atomic_write_nifti(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray) -> None:
+    """Write a NIfTI-1 file (``.nii`` or ``.nii.gz``) with ``affine`` as both qform and sform, atomically."""
+    import nibabel as nib
+
+    img = nib.Nifti1Image(array, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    data = img.to_bytes()
+    if str(path).endswith(".gz"):
+        data = gzip.compress(data, compresslevel=1, mtime=0)
+    atomic_write_bytes(path, data)
+
+
+def _jsonable(value: Any) -> Any:
+    """Tuples to lists and numpy scalars to Python, so that parameters compare equal after a JSON round trip."""
+    return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def ensure_generated(
+    out_dir: str | os.PathLike,
+    generator: str,
+    params: dict[str, Any],
+    items: Sequence[Sequence[str]],
+    make_item: Callable[[int], None],
+    extra_files: Callable[[], None] | None = None,
+    extra_names: Sequence[str] = (),
+) -> Path:
+    """Generate a dataset into ``out_dir`` unless it is already complete there.
+
+    A manifest (``.monai_unet_dataset.json``) records the generator and its parameters. It is written first with
+    ``"complete": false`` and rewritten with ``true`` once every file exists, so a rerun after an interruption
+    writes only the missing files (each file is atomic, so an existing one is whole).
+
+    Args:
+        out_dir: destination folder; created if missing.
+        generator: name of the generator (part of the manifest).
+        params: generator parameters; a different set in an existing manifest is an error.
+        items: for each item, its files relative to ``out_dir``.
+        make_item: writes all files of item ``i``.
+        extra_files: writes files that depend on all items (e.g. ``dataset.json``); called before completion.
+        extra_names: the files ``extra_files`` writes, relative to ``out_dir``.
+
+    Returns:
+        ``out_dir`` as a Path.
+
+    Raises:
+        ValueError: ``out_dir`` holds another dataset, or files that no generator of this package wrote.
+    """
+    out = Path(out_dir)
+    manifest_path = out / MANIFEST_NAME
+    params = _jsonable(params)
+    if manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("generator") != generator or manifest.get("params") != params:
+            raise ValueError(
+                f"{out} already holds a generated dataset with different settings "
+                f"({manifest.get('generator')}: {manifest.get('params')}); requested {generator}: {params}. "
+                "Use another output folder or delete this one."
+            )
+        expected = [f for files in items for f in files] + list(extra_names)
+        if manifest.get("complete") and all((out / f).is_file() for f in expected):
+            return out
+    elif out.exists() and any(not p.name.startswith(".") for p in out.iterdir()):
+        raise ValueError(
+            f"{out} is not empty and is not a dataset generated by monai_unet (no {MANIFEST_NAME}); "
+            "refusing to write into it. Use an empty or new folder."
+        )
+    record = {"generator": generator, "params": params, "complete": False}
+    atomic_write_json(manifest_path, record)
+    for i, files in enumerate(items):
+        if not all((out / f).is_file() for f in files):
+            make_item(i)
+    if extra_files is not None:
+        extra_files()
+    atomic_write_json(manifest_path, {**record, "complete": True})
+    return out
