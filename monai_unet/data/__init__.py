@@ -1,7 +1,8 @@
 """Data: datalists for folders, MSD ``dataset.json`` and DICOM series; synthetic datasets (the embedded default).
 
 Knows nothing of networks. Bundle configs call these as ``"$monai_unet.data.<name>(...)"`` after
-``"$import monai_unet.data"``.
+``"imports": ["$import monai_unet", "$import monai_unet.data"]`` (MONAI binds ``import a.b`` to the name
+``a.b``, so the first line is what makes ``monai_unet`` a name; the second loads the subpackage).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from monai_unet.data.datalists import (
     tiff_stack_datalist,
     volume_datalist,
 )
+from monai_unet.data.labels import isbi_label_from_membrane, isbi_membrane_label
 from monai_unet.data.prepare import datalist, make_datalists, prepare_dataset
 from monai_unet.data.readers import DICOM_READER, MEMBRANE_READER, VOLUME_READER, load_image_kwargs
 from monai_unet.data.synthetic import em_section, make_em_dataset, make_volume_dataset, volume_sample
@@ -23,6 +25,8 @@ __all__ = [
     "VOLUME_READER",
     "datalist",
     "em_section",
+    "isbi_label_from_membrane",
+    "isbi_membrane_label",
     "load_image_kwargs",
     "make_datalists",
     "make_em_dataset",

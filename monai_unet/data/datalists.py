@@ -398,7 +398,10 @@ def split_datalist(
     """
     n = len(items)
     if val_indices is not None:
-        val = sorted({int(i) % n if -n <= int(i) < n else _bad_index(i, n) for i in val_indices})
+        bad = [i for i in val_indices if not -n <= int(i) < n]
+        if bad:
+            raise ValueError(f"Validation indices {bad} are out of range for a datalist of {n} items.")
+        val = sorted({int(i) % n for i in val_indices})
     else:
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}.")
@@ -410,7 +413,3 @@ def split_datalist(
         val = sorted(np.random.default_rng(seed).permutation(n)[:n_val].tolist())
     val_set = set(val)
     return [it for i, it in enumerate(items) if i not in val_set], [items[i] for i in val]
-
-
-def _bad_index(index: int, n: int) -> int:
-    raise ValueError(f"Validation index {index} is out of range for a datalist of {n} items.")

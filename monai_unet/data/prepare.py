@@ -2,7 +2,7 @@
 
 A ``train.json`` can say::
 
-    "imports": ["$import monai_unet.data"],
+    "imports": ["$import monai_unet", "$import monai_unet.data"],
     "dataset_dir": null,
     "cache_dir": "$@bundle_root + '/cache'",
     "data_root": "$monai_unet.data.prepare_dataset(@dataset_dir, 'membrane', @cache_dir)",
@@ -33,7 +33,7 @@ from monai_unet.data.synthetic import (
 __all__ = ["KINDS", "datalist", "make_datalists", "prepare_dataset"]
 
 KINDS = ("membrane", "volume")
-_NO_DATASET = ("", "none", "null")
+_NO_DATASET = ("none", "null")
 
 
 def _check_kind(kind: str) -> None:
@@ -69,9 +69,8 @@ def prepare_dataset(
         ValueError: unknown ``kind``.
     """
     _check_kind(kind)
-    no_dataset = dataset_dir is None or (
-        str(dataset_dir).strip().lower() in _NO_DATASET and not Path(dataset_dir).exists()
-    )
+    text = "" if dataset_dir is None else str(dataset_dir).strip()
+    no_dataset = not text or (text.lower() in _NO_DATASET and not Path(text).exists())
     if not no_dataset:
         folder = Path(dataset_dir).expanduser()
         if not folder.is_dir():
