@@ -1,0 +1,141 @@
+"""The ``monai-unet`` command: train a bundle, the quickstart, size rules (and ``predict``, see ``predict.py``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _overrides(pairs: Sequence[str]) -> dict:
+    """``key=value`` pairs; values are parsed as JSON when they parse (numbers, lists, true/false/null)."""
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"monai-unet: override {pair!r} is not of the form key=value (e.g. max_epochs=4).")
+        key, value = pair.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from monai_unet.bundles import run_bundle
+
+    overrides = _overrides(args.set)
+    if args.dataset_dir is not None:
+        overrides["dataset_dir"] = str(Path(args.dataset_dir).resolve())
+    if args.max_epochs is not None:
+        overrides["max_epochs"] = args.max_epochs
+    if args.device is not None:
+        overrides["device"] = f"$torch.device('{args.device}')"
+    run_bundle(args.bundle, "training", ["train", *args.config], bundle_root=args.work_dir, **overrides)
+    return 0
+
+
+def _dice(pred, label) -> float:
+    inter = float((pred & label).sum())
+    total = float(pred.sum() + label.sum())
+    return 1.0 if total == 0 else 2.0 * inter / total
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from monai_unet.bundles import run_bundle
+    from monai_unet.data import default_validation_indices, membrane_datalist
+
+    work = Path(args.work_dir).resolve()
+    overrides = {} if args.max_epochs is None else {"max_epochs": args.max_epochs}
+    if args.device is not None:
+        overrides["device"] = f"$torch.device('{args.device}')"
+    print(f"[1/2] training the 2D U-Net bundle on the embedded synthetic EM dataset in {work}", flush=True)
+    run_bundle("unet2d_membrane", "training", ["train"], bundle_root=work, **overrides)
+
+    items = membrane_datalist(work / "data" / "synthetic_em")
+    val = [items[i] for i in default_validation_indices(len(items))]
+    out_dir = work / "predictions"
+    print(f"[2/2] segmenting {len(val)} held-out image(s) with {work / 'models' / 'model.pt'}", flush=True)
+    run_bundle(
+        "unet2d_membrane",
+        "run",
+        ["inference"],
+        bundle_root=work,
+        datalist=[str(d["image"]) for d in val],
+        output_dir=str(out_dir),
+        **({"device": overrides["device"]} if "device" in overrides else {}),
+    )
+    scores = []
+    for d in val:
+        pred_path = out_dir / f"{Path(d['image']).name.split('.')[0]}_seg.png"
+        pred = np.asarray(Image.open(pred_path)) < 128
+        label = np.asarray(Image.open(d["label"])) < 128
+        scores.append(_dice(pred, label))
+        print(f"  {pred_path}: membrane Dice {scores[-1]:.3f}")
+    print(f"done: mean membrane Dice {np.mean(scores):.3f} on {len(scores)} held-out synthetic image(s)")
+    return 0
+
+
+def _cmd_sizes(args: argparse.Namespace) -> int:
+    from monai_unet.networks.sizes import halo_1d, input_size_1d, nearest_valid_sizes_1d, output_size_1d
+
+    depth, padding = args.depth, args.padding
+    print(f"U-Net depth {depth}, padding {padding!r}: halo {halo_1d(depth, padding)} px per side")
+    for size in args.size:
+        out = output_size_1d(size, depth, padding)
+        if out > 0:
+            print(f"  input {size} -> output {out}")
+        else:
+            below, above = nearest_valid_sizes_1d(size, depth, padding)
+            near = f"{below} or {above}" if below > 0 else f"{above}"
+            print(f"  input {size} is not valid: nearest valid inputs {near}")
+    for out in args.output:
+        print(f"  output >= {out} needs input {input_size_1d(out, depth, padding)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``monai-unet``."""
+    parser = argparse.ArgumentParser(prog="monai-unet", description="The original U-Net for MONAI.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("quickstart", help="train the 2D bundle on the embedded default, then segment held-out images")
+    p.add_argument("--work-dir", default="runs/quickstart", help="where data, models and outputs go")
+    p.add_argument("--max-epochs", type=int, default=None, help="override the bundle's max_epochs")
+    p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cuda:0 if present)")
+    p.set_defaults(func=_cmd_quickstart)
+
+    p = sub.add_parser("train", help="run a bundle's training (python -m monai.bundle run training)")
+    p.add_argument("--bundle", required=True, help="bundle folder, or unet2d_membrane / unet3d_volume")
+    p.add_argument("--dataset-dir", default=None, help="real data folder (default: the synthetic embedded default)")
+    p.add_argument("--work-dir", default=None, help="bundle_root for outputs (default: the bundle folder)")
+    p.add_argument("--config", action="append", default=[], help="extra config of the bundle merged over train.json")
+    p.add_argument("--max-epochs", type=int, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. epoch_length=20")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("sizes", help="valid input/output sizes of a U-Net")
+    p.add_argument("--depth", type=int, default=4, help="number of poolings (len(features) - 1)")
+    p.add_argument("--padding", choices=("valid", "same"), default="valid")
+    p.add_argument("--size", type=int, nargs="*", default=[], help="input sizes to check")
+    p.add_argument("--output", type=int, nargs="*", default=[], help="output sizes to find inputs for")
+    p.set_defaults(func=_cmd_sizes)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``monai-unet`` console script."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
