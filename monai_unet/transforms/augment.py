@@ -6,11 +6,14 @@
   rotations, the elastic deformation (:class:`RandCoarseElasticd` in 3D), grey-value changes (contrast, scale,
   shift, noise). Images are expected scaled to about ``[0, 1]`` (e.g. ``ScaleIntensityd`` before it).
 
-In a bundle config::
+In a bundle config, as an item of the training ``Compose``::
 
-    "$monai_unet.transforms.recommended_augmentations(keys=['image', 'label'], spatial_size=@patch_size)"
+    {"_target_": "monai_unet.transforms.recommended_augmentations", "keys": ["image", "label"],
+     "spatial_size": "@patch_size"}
 
 or ``{"_target_": "monai_unet.transforms.paper_elastic_2d", "keys": ["image", "label"], "spatial_size": 572}``.
+(A ``$`` expression needs ``"imports": ["$from monai_unet.transforms import recommended_augmentations"]``:
+MONAI's ``$import monai_unet.transforms`` binds the dotted name, which the expression cannot use.)
 """
 
 from __future__ import annotations
