@@ -159,7 +159,7 @@ class BorderWeightMap(Transform):
         truncate: the border term is cut off where ``d1 + d2 > truncate * sigma``.
 
     Input ``(1, *S)`` label (array or tensor, 2D or 3D); output ``(1, *S)`` float32 of the same type (a MetaTensor
-    keeps its metadata). About 0.1 s for a 512x512 ISBI 2012 label on one core (``scripts/bench_weightmap.py``).
+    keeps its metadata). About 50 ms for a 512x512 ISBI 2012 label on one core (``scripts/bench_weightmap.py``).
     """
 
     backend = (TransformBackends.NUMPY, TransformBackends.TORCH)
