@@ -114,7 +114,8 @@ class RandCoarseElastic(RandomizableTransform):
         self.padding_mode = padding_mode
         self.displacements: np.ndarray | None = None
 
-    def _per_axis(self, value, ndim: int, name: str) -> tuple:
+    @staticmethod
+    def _per_axis(value: Sequence[float] | float, ndim: int, name: str) -> tuple:
         values = np.atleast_1d(np.asarray(value)).tolist()
         if len(values) not in (1, ndim):
             raise ValueError(f"{name} has {len(values)} values but the image has {ndim} spatial axes: {value}.")

@@ -42,6 +42,8 @@ def object_labels(
         ``(ids, n)``: an int32 map ``(*S)`` with 0 outside objects and ``1..n`` inside them, and ``n``.
     """
     if instance:
+        if label.size and label.min() < 0:
+            raise ValueError(f"instance labels must be non-negative (0 = no object), got minimum {label.min()}.")
         uniq, ids = np.unique(label, return_inverse=True)
         ids = ids.reshape(label.shape).astype(np.int32)
         if uniq[0] != 0:  # no background value: every id is an object
@@ -128,7 +130,9 @@ def border_weight_map(
     return weight
 
 
-def _spacing_of(label: NdarrayOrTensor, spacing: Sequence[float] | float | str | None, ndim: int):
+def _spacing_of(
+    label: NdarrayOrTensor, spacing: Sequence[float] | float | str | None, ndim: int
+) -> tuple[float, ...] | None:
     if spacing is None:
         return None
     if isinstance(spacing, str):

@@ -65,6 +65,14 @@ def bundle_config(data_dir: str, weighted: bool) -> dict:
             if weighted
             else {"_target_": "DiceFocalLoss", "to_onehot_y": True, "softmax": True}
         ),
+        # train-time metrics see the label without its weight channel
+        "postprocessing": {
+            "_target_": "Compose",
+            "transforms": [
+                *([{"_target_": "Lambdad", "keys": "label", "func": "$lambda x: x[:1]"}] if weighted else []),
+                {"_target_": "AsDiscreted", "keys": ["pred", "label"], "argmax": [True, False], "to_onehot": 2},
+            ],
+        },
         "datalist": [
             {"image": f"{data_dir}/images/train_0{i}.png", "label": f"{data_dir}/labels/train_0{i}.png"} for i in (0, 1)
         ],
@@ -94,6 +102,8 @@ def test_bundle_config_trains_with_supervised_trainer(shared_data, weighted):
         network=net,
         optimizer=torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.99),
         loss_function=parser.get_parsed_content("loss"),
+        postprocessing=parser.get_parsed_content("postprocessing"),
+        key_train_metric={"train_dice": MeanDice(output_transform=from_engine(["pred", "label"]))},
     )
     trainer.add_event_handler(
         Events.ITERATION_COMPLETED, lambda e: losses.append(float(from_engine(["loss"], first=True)(e.state.output)))
@@ -101,6 +111,7 @@ def test_bundle_config_trains_with_supervised_trainer(shared_data, weighted):
     trainer.run()
     assert len(losses) == 2 and np.isfinite(losses).all()
     assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    assert 0.0 <= trainer.state.metrics["train_dice"] <= 1.0
 
 
 def blob_data(n: int, size: int = PATCH) -> list[dict]:

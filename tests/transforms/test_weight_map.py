@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from monai.data import MetaTensor
 from PIL import Image
 from scipy import ndimage as ndi
@@ -126,3 +128,24 @@ def test_bad_input_raises_clear_errors(two_squares):
         BorderWeightMap(spacing=(1.0, 1.0, 1.0))(two_squares[None])
     with pytest.raises(ValueError, match="MetaTensor"):
         BorderWeightMap(spacing="pixdim")(two_squares[None])
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    spatial_dims=st.sampled_from([2, 3]),
+    spacing_z=st.sampled_from([1.0, 2.5]),
+    density=st.floats(0.3, 0.7),
+)
+def test_fast_map_equals_the_naive_one_on_random_labels(seed, spatial_dims, spacing_z, density):
+    rng = np.random.default_rng(seed)
+    shape = (30, 34) if spatial_dims == 2 else (14, 16, 9)
+    spacing = (1.0,) * (spatial_dims - 1) + (spacing_z,)
+    smooth = ndi.gaussian_filter(rng.random(shape), 1.5)
+    label = smooth > np.quantile(smooth, 1 - density)
+    ids, n = object_labels(label)
+    fast = border_weight_map(ids, class_balance=False, spacing=spacing) - 1.0
+    if n < 2:
+        assert (fast == 0).all()
+    else:
+        np.testing.assert_allclose(fast, naive_border_term(ids, spacing), atol=W0 * math.exp(-(5.0**2) / 2) + 1e-6)
