@@ -69,7 +69,7 @@ def compute_rand_error(
             errors.append(float("nan"))
             continue
         errors.append(float(adapted_rand_error(true_ids, pred_ids, ignore_labels=(0,))[0]))
-    return torch.tensor(errors, dtype=torch.float32, device=y_pred.device).unsqueeze(1)
+    return torch.tensor(errors, dtype=torch.float32, device=pred.device).unsqueeze(1)
 
 
 class _ErrorMetric(CumulativeIterationMetric):
