@@ -12,8 +12,8 @@ In a bundle config, as an item of the training ``Compose``::
      "spatial_size": "@patch_size"}
 
 or ``{"_target_": "monai_unet.transforms.paper_elastic_2d", "keys": ["image", "label"], "spatial_size": 572}``.
-(A ``$`` expression needs ``"imports": ["$from monai_unet.transforms import recommended_augmentations"]``:
-MONAI's ``$import monai_unet.transforms`` binds the dotted name, which the expression cannot use.)
+(A ``$monai_unet.transforms...`` expression needs both ``"$import monai_unet"`` and
+``"$import monai_unet.transforms"`` in ``imports``: MONAI binds ``import a.b`` to the name ``"a.b"`` only.)
 """
 
 from __future__ import annotations
