@@ -30,20 +30,21 @@ from monai_unet.inferers.tiling import (
     SizeRules,
     blend_weights,
     estimate_activation_bytes,
+    estimate_flops,
     gaussian_weights_1d,
     plan_axis,
     reflect_indices,
     size_rules_of,
 )
-from monai_unet.networks.sizes import nearest_valid_sizes_1d
+from monai_unet.networks.sizes import input_size_1d, nearest_valid_sizes_1d
 
-__all__ = ["OverlapTileInferer", "choose_tile_size", "overlap_tile_inference"]
+__all__ = ["OverlapTileInferer", "auto_tile_size", "choose_tile_size", "overlap_tile_inference"]
 
 _MODES = ("constant", "gaussian")
 _ACTIVATIONS = ("softmax", "sigmoid", "none")
-# default activation budget per forward: keeps tiles in the fast range of a CPU (about a 700-1000 px tile of a
-# features-16 2D UNet) while giving large tiles (fewer FLOPs per output pixel) to 3D networks
-DEFAULT_MEMORY_BUDGET = 512 * 2**20
+# default activation memory of one forward on the CPU (on CUDA: half the free memory); within it the tile with
+# (nearly) the fewest FLOPs over the image is taken (auto_tile_size)
+DEFAULT_MEMORY_BUDGET = 2 * 2**30
 
 
 # ---- sources and sinks -------------------------------------------------------------------------------------------
@@ -166,6 +167,40 @@ def choose_tile_size(rules: SizeRules, dims: int, memory_budget: int, sw_batch_s
     return (first + lo * step,) * dims
 
 
+def auto_tile_size(
+    rules: SizeRules,
+    spatial: Sequence[int],
+    memory_budget: int,
+    sw_batch_size: int = 1,
+    overlap: float = 0.0,
+    tolerance: float = 0.03,
+) -> tuple[int, ...]:
+    """The default tile for an image of size ``spatial``: the smallest whose total FLOPs over the image (tiles
+    fitted to the image, see :func:`~monai_unet.inferers.tiling.plan_axis`) are within ``tolerance`` of the least
+    any tile within ``memory_budget`` achieves.
+
+    Larger tiles cost fewer FLOPs per output pixel (the halo is paid once per tile) but beyond a point the gain
+    is small while memory grows and caches miss; the image size matters as tiles are fitted to it.
+    """
+    dims = len(spatial)
+    cap = choose_tile_size(rules, dims, memory_budget, sw_batch_size)[0]
+    halo = rules.halo[0]
+    need = max(input_size_1d(s, rules.depth, rules.padding) for s in spatial)
+    best: list[tuple[float, tuple[int, ...]]] = []
+    for t in rules.valid_sizes(min(cap, need)):
+        if t - 2 * halo < rules.align and max(spatial) > t - 2 * halo:
+            continue
+        plans = [plan_axis(s, t, halo, rules, overlap) for s in spatial]
+        shape = tuple(p.tile for p in plans)
+        if estimate_activation_bytes(rules, shape, sw_batch_size) > memory_budget:
+            continue
+        best.append((math.prod(len(p.starts) for p in plans) * estimate_flops(rules, shape), shape))
+    if not best:
+        return choose_tile_size(rules, dims, memory_budget, sw_batch_size)
+    least = min(c for c, _ in best)
+    return next(shape for c, shape in best if c <= (1.0 + tolerance) * least)
+
+
 def _probe_halo(network: Callable, tile: tuple[int, ...], channels: int, device: torch.device, dtype) -> tuple:
     """Learn the halo of a network without size attributes by one forward of a zero tile."""
     with torch.no_grad():
@@ -263,8 +298,8 @@ def overlap_tile_inference(
             memory_budget = DEFAULT_MEMORY_BUDGET
             if sw_device.type == "cuda":
                 free, _ = torch.cuda.mem_get_info(sw_device)
-                memory_budget = max(memory_budget, free // 2)
-        tile = choose_tile_size(rules, dims, int(memory_budget), sw_batch_size)
+                memory_budget = free // 2
+        tile = auto_tile_size(rules, spatial, int(memory_budget), sw_batch_size, overlap)
     else:
         raise ValueError(
             "the network has no monai-unet size rules (not a UNet, or a traced module): give tile_size (a size "
@@ -462,7 +497,8 @@ class OverlapTileInferer(Inferer):
         halo: pixels lost per side by the network (int or one per axis); only for networks without size rules.
         memory_budget: bytes of activation memory one forward of ``sw_batch_size`` tiles may use; the largest
             valid tile fitting the analytic estimate is taken (``ValueError`` if the smallest does not fit).
-            Default 512 MiB (half the free memory on CUDA if more).
+            Default 2 GiB on the CPU, half the free memory on CUDA. Without ``tile_size`` the tile with (within
+            3%) the fewest FLOPs over the image that fits the budget is taken (:func:`auto_tile_size`).
         tta: flip test-time augmentation: average the activated outputs over all ``2 ** spatial_dims`` flips.
         tta_activation: ``"softmax"`` (over channels), ``"sigmoid"`` or ``"none"`` (average logits).
 

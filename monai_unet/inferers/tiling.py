@@ -193,14 +193,22 @@ def plan_axis(size: int, tile: int, halo: int, rules: SizeRules, overlap: float 
     step = _step(out, overlap, align)
     n = len(_starts(size, out, step, align))
     if fit and rules.depth is not None:
-        for t in rules.valid_sizes(tile):
-            o = t - 2 * halo
-            if o <= 0 or (size > o and o < align):
-                continue
-            s = _step(o, overlap, align)
-            if len(_starts(size, o, s, align)) <= n:
-                tile, out, step = t, o, s
-                break
+        # the number of tiles does not grow with the tile: bisect for the smallest valid tile needing no more
+        cands = [
+            t for t in rules.valid_sizes(tile) if t - 2 * halo > 0 and (size <= t - 2 * halo or t - 2 * halo >= align)
+        ]
+        lo, hi = 0, len(cands) - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            o = cands[mid] - 2 * halo
+            if len(_starts(size, o, _step(o, overlap, align), align)) <= n:
+                hi = mid
+            else:
+                lo = mid + 1
+        if cands:
+            tile = cands[lo]
+            out = tile - 2 * halo
+            step = _step(out, overlap, align)
     starts = _starts(size, out, step, align)
     own = []
     for k, s in enumerate(starts):
@@ -235,6 +243,28 @@ def blend_weights(plan: AxisPlan, w: torch.Tensor) -> list[torch.Tensor]:
         e = min(s + plan.out, plan.size)
         out.append((w[: e - s] / total[s:e]).to(torch.float32))
     return out
+
+
+def estimate_flops(rules: SizeRules, tile: Sequence[int]) -> int:
+    """Multiply-add FLOPs (2 per MAC) of one forward of a monai-unet UNet on one tile of size ``tile``."""
+    assert rules.features is not None and rules.depth is not None
+    feats, red, dims = rules.features, 2 if rules.padding == "valid" else 0, len(tile)
+    k = 3**dims
+    sizes, c, total = list(tile), rules.in_channels or 1, 0
+    for f in feats:
+        a = [s - red for s in sizes]
+        b = [s - red for s in a]
+        total += 2 * k * (c * f * math.prod(a) + f * f * math.prod(b))
+        sizes, c = [s // 2 for s in b], f
+    sizes = b
+    for f in reversed(feats[:-1]):
+        up = [2 * s for s in sizes]
+        total += 2 * c * f * math.prod(up)  # 2x2 transposed convolution: one input pixel per output pixel
+        a = [s - red for s in up]
+        b = [s - red for s in a]
+        total += 2 * k * (2 * f * f * math.prod(a) + f * f * math.prod(b))
+        sizes, c = b, f
+    return total + 2 * c * (rules.out_channels or 1) * math.prod(sizes)
 
 
 def estimate_activation_bytes(rules: SizeRules, tile: Sequence[int], batch: int, dtype_bytes: int = 4) -> int:
