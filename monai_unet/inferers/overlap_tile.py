@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.inferers import Inferer
 from monai.utils import convert_to_dst_type
@@ -329,18 +330,21 @@ def overlap_tile_inference(
             )
             weights.append([v.to(device) for v in blend_weights(p, w)])
 
-    # per-axis source index maps of every tile position: (lo, hi, local indices or None when contiguous)
+    # per axis and tile position: the in-image block [lo, hi) the tile reads, the mirrored pads around it, and
+    # the index map into the block for pads too wide for one reflection (None when one reflection does)
     maps = []
     for p, s in zip(plans, spatial):
         axis_maps = []
         for start in p.starts:
-            idx = reflect_indices(start - p.halo, p.tile, s)
-            lo, hi = int(idx.min()), int(idx.max()) + 1
-            local = idx - lo
-            contiguous = hi - lo == p.tile and bool((local == torch.arange(p.tile)).all())
-            axis_maps.append((lo, hi, None if contiguous else local))
+            a, b = start - p.halo, start - p.halo + p.tile
+            lo, hi = max(a, 0), min(b, s)
+            if lo >= hi or lo - a >= hi - lo or b - hi >= hi - lo:  # ping-pong: gather through the index map
+                idx = reflect_indices(a, p.tile, s)
+                lo, hi = int(idx.min()), int(idx.max()) + 1
+                axis_maps.append((lo, hi, 0, 0, idx - lo))
+            else:
+                axis_maps.append((lo, hi, lo - a, b - hi, None))
         maps.append(axis_maps)
-
     jobs = [(b, pos) for b in range(bsz) for pos in itertools.product(*(range(len(p.starts)) for p in plans))]
     in_dtype = net_dtype
     flips = [()] if not tta else [f for r in range(dims + 1) for f in itertools.combinations(range(2, dims + 2), r)]
@@ -357,12 +361,18 @@ def overlap_tile_inference(
         chunk = jobs[first : first + sw_batch_size]
         xb = torch.empty((len(chunk), chans, *tile), dtype=in_dtype, device=sw_device)
         for i, (b, pos) in enumerate(chunk):
-            box = [slice(maps[a][k][0], maps[a][k][1]) for a, k in enumerate(pos)]
-            block = src.read(b, box)
-            for a, k in enumerate(pos):
-                local = maps[a][k][2]
-                if local is not None:
-                    block = block.index_select(a + 1, local.to(block.device))
+            m = [maps[a][k] for a, k in enumerate(pos)]
+            block = src.read(b, [slice(lo, hi) for lo, hi, *_ in m])
+            if any(local is not None for *_, local in m):
+                for a in reversed(range(dims)):
+                    local = m[a][4]
+                    if local is None and (m[a][2] or m[a][3]):
+                        local = reflect_indices(m[a][2] and -m[a][2], tile[a], m[a][1] - m[a][0])
+                    if local is not None:
+                        block = block.index_select(a + 1, local.to(block.device))
+            elif any(pl or pr for _, _, pl, pr, _ in m):
+                pads = [v for _, _, pl, pr, _ in reversed(m) for v in (pl, pr)]
+                block = F.pad(block[None].to(in_dtype), pads, mode="reflect")[0]
             xb[i].copy_(block)
         y = _predict(network, xb, flips, tta_activation if tta else "none", *args, **kwargs)
         if not checked:

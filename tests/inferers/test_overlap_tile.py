@@ -68,7 +68,7 @@ def test_reflect_is_numpy_reflect_repeated(size: int, pad: int) -> None:
 
 # ---- exactness ---------------------------------------------------------------------------------------------------
 
-CASES_2D = [(1, 1), (3, 5), (17, 2), (50, 77), (131, 200)]  # smaller than halo (16), odd, not multiples of the tile
+CASES_2D = [(1, 1), (3, 5), (17, 2), (60, 7), (50, 77), (131, 200)]  # smaller than halo (16), odd, not multiples of the tile
 CASES_3D = [(1, 2, 3), (9, 17, 20), (31, 24, 5)]
 
 
