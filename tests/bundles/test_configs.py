@@ -1,0 +1,118 @@
+"""Every bundle config parses and builds; inference and training agree; metadata matches the size rules."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _bundle_utils import BUNDLES
+from monai.bundle import ConfigParser
+from monai.bundle.scripts import _get_fake_spatial_shape
+
+from monai_unet.networks import UNet
+
+BUNDLE_NAMES = ["unet2d_membrane", "unet3d_volume"]
+REQUIRED_FILES = [
+    "configs/metadata.json",
+    "configs/train.json",
+    "configs/inference.json",
+    "configs/evaluate.json",
+    "configs/multi_gpu_train.json",
+    "configs/logging.conf",
+    "docs/README.md",
+    "LICENSE",
+]
+
+
+def _parser(bundle: str, *configs: str, **overrides) -> ConfigParser:
+    cfg = BUNDLES / bundle / "configs"
+    parser = ConfigParser()
+    parser.read_config([str(cfg / f"{c}.json") for c in configs])
+    parser.read_meta(str(cfg / "metadata.json"))
+    for k, v in overrides.items():
+        parser[k] = v
+    return parser
+
+
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+def test_bundle_layout(bundle: str) -> None:
+    for rel in REQUIRED_FILES:
+        assert (BUNDLES / bundle / rel).is_file(), f"{bundle} lacks {rel}"
+
+
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+def test_run_and_training_ids(bundle: str) -> None:
+    train = json.loads((BUNDLES / bundle / "configs" / "train.json").read_text())
+    assert train["run"] == train["training"]
+    assert "train" in train and "trainer" in train["train"] and "evaluator" in train["validate"]
+
+
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+def test_inference_network_equals_training_network(bundle: str) -> None:
+    train = _parser(bundle, "train")
+    infer = _parser(bundle, "inference")
+    assert train.get("network_def") == infer.get("network_def")
+    for key in ("features", "infer_tile_size"):
+        assert train.get(key) == infer.get(key)
+    a, b = train.get_parsed_content("network_def"), infer.get_parsed_content("network_def")
+    assert isinstance(a, UNet) and isinstance(b, UNet)
+    assert a.features == b.features and a.padding == b.padding and a.spatial_dims == b.spatial_dims
+
+
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+def test_metadata_spatial_shape_follows_size_rules(bundle: str) -> None:
+    parser = _parser(bundle, "inference")
+    meta = parser.get("_meta_")
+    assert meta["description"] and meta["version"]
+    fmt = meta["network_data_format"]
+    net = parser.get_parsed_content("network_def")
+    assert fmt["inputs"]["image"]["num_channels"] == net.in_channels
+    assert len(fmt["outputs"]["pred"]["channel_def"]) == net.out_channels
+    for n in range(1, 6):
+        shape_in = _get_fake_spatial_shape(fmt["inputs"]["image"]["spatial_shape"], n=n)
+        shape_out = _get_fake_spatial_shape(fmt["outputs"]["pred"]["spatial_shape"], n=n)
+        assert net.is_valid_size(shape_in), (n, shape_in)
+        assert net.output_size(shape_in) == shape_out
+        with torch.no_grad():
+            if n == 1:
+                assert net.eval()(torch.zeros(1, 1, *shape_in)).shape[2:] == shape_out
+
+
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+def test_train_and_evaluate_configs_build(bundle: str, tiny_em: Path, tiny_volumes: Path, tmp_path: Path) -> None:
+    """train.json and train.json + evaluate.json build every component on a small dataset (no ambiguous target)."""
+    data = tiny_em if bundle.startswith("unet2d") else tiny_volumes
+    parser = _parser(bundle, "train", bundle_root=str(tmp_path), dataset_dir=str(data), num_workers=0)
+    trainer = parser.get_parsed_content("train#trainer")
+    evaluator = parser.get_parsed_content("validate#evaluator")
+    assert trainer.state.max_epochs == parser.get("max_epochs")
+    assert evaluator.data_loader is not None
+    tile = parser.get_parsed_content("tile_size")
+    net = parser.get_parsed_content("network_def")
+    assert net.is_valid_size(tile) and tuple(parser.get_parsed_content("output_size")) == net.output_size(tile)
+    # one training sample: the image is a tile, the label (and weight) are cropped to the network output
+    sample = parser.get_parsed_content("train#dataset")[0]
+    sample = sample[0] if isinstance(sample, list) else sample
+    assert tuple(sample["image"].shape[1:]) == tuple(tile)
+    assert tuple(sample["label"].shape[1:]) == net.output_size(tile)
+    assert set(np.unique(sample["label"][0].numpy())) <= {0.0, 1.0}
+    ev = _parser(bundle, "train", "evaluate", bundle_root=str(tmp_path), dataset_dir=str(data), num_workers=0)
+    ev.get_parsed_content("validate#evaluator")
+
+
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+def test_inference_config_builds(bundle: str, tmp_path: Path) -> None:
+    parser = _parser(bundle, "inference", bundle_root=str(tmp_path), datalist=[])
+    for key in ("network", "preprocessing", "inferer", "postprocessing", "evaluator"):
+        assert parser.get_parsed_content(key) is not None
+
+
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+def test_targets_are_full_paths(bundle: str) -> None:
+    """A bare "UNet" would silently resolve to MONAI's own UNet; our components are named by full path."""
+    for path in (BUNDLES / bundle / "configs").glob("*.json"):
+        text = path.read_text()
+        assert '"_target_": "UNet"' not in text and '"_target_": "OverlapTileInferer"' not in text, path
