@@ -83,6 +83,31 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from monai_unet.predict import predict
+
+    try:
+        results = predict(
+            args.bundle,
+            args.input,
+            args.output,
+            checkpoint=args.checkpoint,
+            device=args.device,
+            overwrite=args.overwrite,
+            shard=args.shard,
+            probabilities=args.probabilities,
+            dicom_seg=args.dicom_seg,
+            large_threshold=args.large_threshold,
+            large_format=args.large_format,
+            progress=not args.no_progress,
+            overrides=_overrides(args.set),
+        )
+    except (FileNotFoundError, ValueError, ImportError) as e:
+        print(f"monai-unet predict: {e}", file=sys.stderr)
+        return 2
+    return 0 if all(r.status != "failed" for r in results) else 1
+
+
 def _cmd_sizes(args: argparse.Namespace) -> int:
     from monai_unet.networks.sizes import halo_1d, input_size_1d, nearest_valid_sizes_1d, output_size_1d
 
@@ -98,6 +123,32 @@ def _cmd_sizes(args: argparse.Namespace) -> int:
             print(f"  input {size} is not valid: nearest valid inputs {near}")
     for out in args.output:
         print(f"  output >= {out} needs input {input_size_1d(out, depth, padding)}")
+    return 0
+
+
+def _cmd_label(args: argparse.Namespace) -> int:
+    from monai_unet.label.server import start_server
+
+    weights = {}
+    for pair in args.model:
+        if "=" not in pair:
+            raise SystemExit(f"monai-unet label: --model {pair!r} is not of the form NAME=CHECKPOINT.")
+        name, path = pair.split("=", 1)
+        weights[name] = path
+    conf = _overrides(args.conf)
+    try:
+        start_server(
+            args.studies,
+            app_dir=args.app_dir,
+            host=args.host,
+            port=args.port,
+            models=args.models,
+            weights=weights,
+            conf={k: json.dumps(v) if not isinstance(v, str) else v for k, v in conf.items()},
+            log_level=args.log_level,
+        )
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"monai-unet label: {e}") from None
     return 0
 
 
@@ -122,12 +173,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. epoch_length=20")
     p.set_defaults(func=_cmd_train)
 
+    p = sub.add_parser(
+        "predict",
+        help="segment DICOM series, NIfTI/NRRD/MHA volumes and 2D PNG/TIFF images with a bundle",
+        description="Segment files and folders with a bundle's inference.json. Failed inputs are reported and "
+        "the others finish; outputs are written atomically; inputs whose outputs exist are skipped (resume). "
+        "Exit code 0 only if every input succeeded.",
+    )
+    p.add_argument("--bundle", required=True, help="bundle folder, or unet2d_membrane / unet3d_volume")
+    p.add_argument("--checkpoint", default=None, help="model weights (default: the bundle's ckpt_path)")
+    p.add_argument("--input", nargs="+", required=True, help="files and folders (DICOM series folders included)")
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: the bundle's)")
+    p.add_argument("--overwrite", action="store_true", help="redo inputs whose outputs exist")
+    p.add_argument(
+        "--shard",
+        default=None,
+        help="i/n: this process does inputs k with k %% n == i (0 <= i < n); "
+        "default RANK/WORLD_SIZE of torchrun when set",
+    )
+    p.add_argument("--probabilities", action="store_true", help="also write class probabilities (*_probs)")
+    p.add_argument("--dicom-seg", action="store_true", help="also write a DICOM-SEG for DICOM inputs (highdicom)")
+    p.add_argument(
+        "--large-threshold",
+        type=int,
+        default=4096 * 4096,
+        help="2D TIFFs with more pixels are read and written tile by tile (default 4096*4096)",
+    )
+    p.add_argument(
+        "--large-format",
+        choices=("ome-tiff", "zarr"),
+        default="ome-tiff",
+        help="output of large TIFFs (default ome-tiff)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="bundle config overrides")
+    p.set_defaults(func=_cmd_predict)
+
     p = sub.add_parser("sizes", help="valid input/output sizes of a U-Net")
     p.add_argument("--depth", type=int, default=4, help="number of poolings (len(features) - 1)")
     p.add_argument("--padding", choices=("valid", "same"), default="valid")
     p.add_argument("--size", type=int, nargs="*", default=[], help="input sizes to check")
     p.add_argument("--output", type=int, nargs="*", default=[], help="output sizes to find inputs for")
     p.set_defaults(func=_cmd_sizes)
+
+    p = sub.add_parser("label", help="serve the bundles to 3D Slicer: a MONAI Label server (needs the label extra)")
+    p.add_argument("--studies", required=True, help="images to annotate (NIfTI/NRRD volumes, PNG/TIFF 2D images)")
+    p.add_argument("--app-dir", default="monai-unet-label-app", help="app folder: bundle configs and served weights")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--models", default="all", help="all, or comma-separated bundle names to serve")
+    p.add_argument("--model", action="append", default=[], metavar="NAME=CHECKPOINT", help="weights to serve")
+    p.add_argument("--conf", nargs="*", default=[], metavar="KEY=VALUE", help="MONAI Label app settings")
+    p.add_argument("--log-level", default="info", help="server log level")
+    p.set_defaults(func=_cmd_label)
     return parser
 
 

@@ -1,0 +1,25 @@
+"""I/O beyond MONAI's readers and writers: DICOM series discovery, atomic writers, DICOM-SEG, large TIFFs.
+
+Knows nothing of networks. Optional dependencies (zarr, highdicom, pydicom) are imported inside the functions
+that need them.
+"""
+
+from __future__ import annotations
+
+from monai_unet.io.atomic import atomic_output, clean_stale_temporaries, is_temporary, scratch_path
+from monai_unet.io.dicom import DicomSeries, find_dicom_series, looks_like_dicom
+from monai_unet.io.writers import write_nifti, write_ome_tiff_from_array, write_png, write_tiff
+
+__all__ = [
+    "DicomSeries",
+    "atomic_output",
+    "clean_stale_temporaries",
+    "find_dicom_series",
+    "is_temporary",
+    "looks_like_dicom",
+    "scratch_path",
+    "write_nifti",
+    "write_ome_tiff_from_array",
+    "write_png",
+    "write_tiff",
+]

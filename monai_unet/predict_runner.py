@@ -1,0 +1,206 @@
+"""One bundle's ``inference.json`` run on one image at a time: what ``monai-unet predict`` does per input.
+
+The bundle's own objects are used (``network_def``, ``preprocessing``, ``inferer``, ``postprocessing``), parsed
+by ``monai.bundle.ConfigParser`` as ``python -m monai.bundle run`` would parse them. Two steps are replaced, as
+MONAI Label replaces them: the loading step is called per input (with a reader chosen for the input, e.g. one
+DICOM series of a folder holding several), and the final ``SaveImaged`` is dropped because the batch command
+writes its outputs itself, atomically. Everything between runs unchanged, so ``Invertd`` returns a 3D
+prediction to the input's own grid.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["BundleRunner", "InputError"]
+
+
+class InputError(ValueError):
+    """An input that cannot be segmented by this bundle (wrong dimensionality, channels, values, size)."""
+
+
+def _flatten(compose: Any) -> list[Any]:
+    from monai.transforms import Compose
+
+    if isinstance(compose, Compose):
+        return list(compose.flatten().transforms)
+    if isinstance(compose, (list, tuple)):
+        return list(compose)
+    return [compose]
+
+
+class BundleRunner:
+    """Load a bundle's inference config and network once; segment images one at a time.
+
+    Args:
+        bundle: bundle folder or name (``unet2d_membrane``, ``unet3d_volume``).
+        checkpoint: weights file (a ``state_dict``, or a dict holding one under ``model``/``network``/
+            ``state_dict``); default the bundle's ``ckpt_path``.
+        device: torch device string (default: the bundle's ``device``).
+        overrides: config ids and values set before parsing (e.g. ``{"infer_tile_size": [572, 572]}``).
+        config: the inference config's name inside ``configs/``.
+
+    Raises:
+        FileNotFoundError: no such bundle, config or checkpoint.
+        ValueError: the checkpoint does not fit the bundle's network.
+    """
+
+    def __init__(
+        self,
+        bundle: str | os.PathLike,
+        checkpoint: str | os.PathLike | None = None,
+        device: str | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        config: str = "inference",
+    ) -> None:
+        from monai.bundle import ConfigParser
+        from monai.transforms import Activationsd, Compose, Invertd, LoadImaged, SaveImaged
+
+        from monai_unet.bundles import bundle_config, find_bundle
+
+        self.bundle = find_bundle(bundle)
+        parser = ConfigParser()
+        parser.read_meta(str(bundle_config(self.bundle, "metadata")))
+        parser.read_config(str(bundle_config(self.bundle, config)))
+        parser["bundle_root"] = str(self.bundle)
+        if device is not None:
+            parser["device"] = f"$torch.device('{device}')"
+        for key, value in (overrides or {}).items():
+            parser[key] = value
+        if "imports" in parser:
+            parser.get_parsed_content("imports")
+        self.device = torch.device(parser.get_parsed_content("device"))
+        self.network = parser.get_parsed_content("network_def").to(self.device).eval()
+        self.inferer = parser.get_parsed_content("inferer")
+        pre = _flatten(parser.get_parsed_content("preprocessing"))
+        post = _flatten(parser.get_parsed_content("postprocessing"))
+        self.checkpoint = Path(checkpoint if checkpoint is not None else parser.get_parsed_content("ckpt_path"))
+        self._load_weights()
+
+        if not pre or not isinstance(pre[0], LoadImaged):
+            raise ValueError(f"{self.bundle}: the preprocessing must start with LoadImaged, got {pre[:1]}.")
+        self.loader: LoadImaged = pre[0]
+        self.image_key = self.loader.keys[0]
+        self.pre_transforms = pre[1:]
+        self.preprocess = Compose(self.pre_transforms)
+        savers = [t for t in post if isinstance(t, SaveImaged)]
+        self.post_transforms = [t for t in post if not isinstance(t, SaveImaged)]
+        self.pred_key = savers[0].keys[0] if savers else "pred"
+        self.output_dtype = np.dtype(savers[0].saver.init_kwargs.get("output_dtype") or np.uint8) if savers else None
+        self.has_invert = any(isinstance(t, Invertd) for t in self.post_transforms)
+        first_act = next((i for i, t in enumerate(self.post_transforms) if isinstance(t, Activationsd)), None)
+        self._prob_index = first_act
+        self.spatial_dims = int(getattr(self.network, "spatial_dims", len(getattr(self.inferer, "tile_size", ())) or 3))
+        self.in_channels = int(getattr(self.network, "in_channels", 1))
+        self.out_channels = int(getattr(self.network, "out_channels", 2))
+
+    def _load_weights(self) -> None:
+        if not self.checkpoint.is_file():
+            raise FileNotFoundError(
+                f"checkpoint {self.checkpoint} not found: train the bundle first (monai-unet train --bundle "
+                f"{self.bundle.name} --work-dir DIR) and pass --checkpoint DIR/models/model.pt."
+            )
+        try:
+            state = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
+        except Exception as e:
+            raise ValueError(f"cannot read checkpoint {self.checkpoint}: {e}") from e
+        if isinstance(state, Mapping):
+            for key in ("model", "network", "state_dict"):
+                if key in state and isinstance(state[key], Mapping):
+                    state = state[key]
+                    break
+        try:
+            self.network.load_state_dict(state)
+        except Exception as e:
+            raise ValueError(
+                f"checkpoint {self.checkpoint} does not fit the network of {self.bundle.name}: {str(e)[:400]}"
+            ) from e
+
+    # ---- one image ------------------------------------------------------------------------------------------
+
+    def load(self, source: Any, reader: Any = None) -> Any:
+        """Run the bundle's loading step on ``source`` (a path, or a ready MetaTensor) and check the image.
+
+        Returns:
+            the channel-first MetaTensor ``(C, *S)``.
+
+        Raises:
+            InputError: wrong dimensionality, channel count, empty or non-finite image.
+        """
+        if isinstance(source, torch.Tensor):
+            img = source
+        else:
+            img = self.loader({self.image_key: source}, reader)[self.image_key]
+        self.check(img, str(source) if not isinstance(source, torch.Tensor) else "image")
+        return img
+
+    def check(self, img: Any, name: str) -> None:
+        """Raise :class:`InputError` unless ``img`` ``(C, *S)`` is what the network takes."""
+        dims = img.ndim - 1
+        if dims != self.spatial_dims:
+            raise InputError(
+                f"image of shape {tuple(img.shape[1:])} has {dims} spatial dimensions; the bundle "
+                f"{self.bundle.name} segments {self.spatial_dims}D images."
+            )
+        if img.shape[0] != self.in_channels:
+            raise InputError(
+                f"image has {img.shape[0]} channels; the bundle {self.bundle.name} takes {self.in_channels} "
+                f"(convert it, e.g. to grayscale)."
+            )
+        if min(img.shape[1:]) < 1:
+            raise InputError(f"image is empty: shape {tuple(img.shape[1:])}.")
+        if img.dtype.is_floating_point:
+            finite = torch.isfinite(img)
+            if not bool(finite.all()):
+                raise InputError(
+                    f"image holds {int((~finite).sum())} NaN/infinite values; fix or mask them before segmenting."
+                )
+
+    @torch.no_grad()
+    def run(self, img: Any, probabilities: bool = False) -> dict[str, Any]:
+        """Preprocess, infer and postprocess one loaded image ``(C, *S)``.
+
+        Returns:
+            ``{"pred": (1, *S_orig) MetaTensor, "prob": (C_out, *S_orig) MetaTensor or None}`` on the CPU,
+            both on the input's own grid.
+        """
+        from monai.transforms import Invertd
+
+        data = self.preprocess({self.image_key: img})
+        x = data[self.image_key]
+        pred = self.inferer(x[None].to(self.device), self.network)
+        data[self.pred_key] = pred[0].cpu() if isinstance(pred, torch.Tensor) else pred
+        prob = None
+        for i, t in enumerate(self.post_transforms):
+            data = t(data)
+            if probabilities and i == self._prob_index:
+                prob = data[self.pred_key].clone()
+        if prob is not None and self.has_invert:
+            inv = next(t for t in self.post_transforms if isinstance(t, Invertd))
+            back = Invertd(keys="prob", transform=inv.transform, orig_keys=inv.orig_keys[0], nearest_interp=False)
+            prob = back({"prob": prob, inv.orig_keys[0]: data[inv.orig_keys[0]]})["prob"]
+        return {"pred": data[self.pred_key], "prob": prob}
+
+    def run_tile_postprocessing(self, logits: torch.Tensor) -> torch.Tensor:
+        """The bundle's postprocessing on one tile of logits ``(C_out, *s)``; only pointwise steps are allowed."""
+        data = {self.pred_key: logits}
+        for t in self.post_transforms:
+            data = t(data)
+        return data[self.pred_key]
+
+    def check_pointwise_postprocessing(self) -> None:
+        """Raise ``ValueError`` if a postprocessing step is not pointwise (so cannot run tile by tile)."""
+        from monai.transforms import Activationsd, AsDiscreted, CastToTyped, EnsureTyped, Lambdad
+
+        for t in self.post_transforms:
+            if not isinstance(t, (Activationsd, AsDiscreted, Lambdad, EnsureTyped, CastToTyped)):
+                raise ValueError(
+                    f"{type(t).__name__} in the bundle's postprocessing is not pointwise, so the large-image path "
+                    "cannot run it tile by tile; segment the image in memory instead (raise --large-threshold)."
+                )
