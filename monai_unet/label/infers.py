@@ -1,0 +1,92 @@
+"""MONAI Label infer tasks for the bundles: MONAI Label's ``BundleInferTask`` on the bundle's ``inference.json``.
+
+``BundleInferTask`` builds the pre-processing, the inferer (``monai_unet.inferers.OverlapTileInferer``) and the
+post-processing from the bundle's own config, so a MONAI Label result is the bundle's result. What the tasks here
+add:
+
+- The label is returned in the model's class convention (``channel_def``: 1 = membrane / structure), which is what
+  3D Slicer shows as segments: the 2D bundle's last step, which writes ISBI files (0 = membrane, 255 = cell), is
+  left out, and the 2D result loses its channel axis so that it is written as a 2D image like its input.
+- Results are written as ``uint8`` (PNG needs it; Slicer reads labelmaps of any integer type).
+- One request at a time per model: the parsed bundle config and the cached network are shared state.
+- Each request checks that the image has the model's dimension and says which model to use otherwise.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from monai.transforms import Lambdad, SaveImaged, SqueezeDimd
+from monailabel.tasks.infer.bundle import BundleInferTask
+
+from monai_unet.label.transforms import image_spatial_dims
+
+__all__ = ["UNetInferTask"]
+
+_PATH_KEY = "monai_unet_image_path"
+
+
+class _RenameKey:
+    """Move ``data[src]`` to ``data[dst]`` (a no-op without ``src``)."""
+
+    def __init__(self, src: str, dst: str) -> None:
+        self.src, self.dst = src, dst
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        d = dict(data)
+        if self.src in d:
+            d[self.dst] = d.pop(self.src)
+        return d
+
+
+class UNetInferTask(BundleInferTask):
+    """Inference with a monai-unet bundle (2D or 3D) for MONAI Label.
+
+    Args:
+        path: the bundle folder served by the app (``configs/inference.json``, ``models/model.pt``).
+        conf: the app's ``--conf`` settings.
+        kwargs: passed to ``BundleInferTask``.
+    """
+
+    def __init__(self, path: str, conf: dict[str, str], **kwargs: Any) -> None:
+        self._lock = threading.Lock()
+        # the 2D bundle's only Lambdad turns classes into ISBI file values; MONAI Label wants the classes
+        super().__init__(path, conf, post_filter=[SaveImaged, Lambdad], load_strict=True, **kwargs)
+
+    def __call__(self, request: dict[str, Any], callbacks: dict | None = None) -> tuple[str | None, dict]:
+        """Run one request (serialised per model); checks the image's dimension first."""
+        image = request.get("image")
+        if isinstance(image, str):
+            dims = image_spatial_dims(image)
+            if dims != self.dimension:
+                raise ValueError(
+                    f"{image} is a {dims}D image but model {Path(self.bundle_path).name} segments {self.dimension}D "
+                    f"images: use the {'unet2d_membrane' if dims == 2 else 'unet3d_volume'} model."
+                )
+        with self._lock:
+            return super().__call__(request, callbacks)
+
+    def pre_transforms(self, data: dict[str, Any] | None = None) -> Sequence[Callable]:
+        """The bundle's pre-processing, with MONAI Label's ``image_path`` kept out of the way of ``Spacingd``.
+
+        MONAI's ``Spacingd`` updates every ``image_*`` entry of a NIfTI's data dictionary as a metadata dictionary,
+        and MONAI Label puts the image's path (a string) under ``image_path``: it is set aside while the bundle's
+        transforms run.
+        """
+        pre = list(super().pre_transforms(data))
+        return [_RenameKey("image_path", _PATH_KEY), *pre, _RenameKey(_PATH_KEY, "image_path")]
+
+    def post_transforms(self, data: dict[str, Any] | None = None) -> Sequence[Callable]:
+        """The bundle's post-processing without its file writing, then MONAI Label's restore to the input grid."""
+        post = list(super().post_transforms(data))
+        if self.dimension == 2:
+            post.append(SqueezeDimd(keys=self.key_pred, dim=0))
+        return post
+
+    def writer(self, data: dict[str, Any], extension: str | None = None, dtype: Any = None) -> tuple[Any, Any]:
+        """MONAI Label's writer, ``uint8`` labels."""
+        return super().writer(data, extension=extension, dtype=np.uint8 if dtype is None else dtype)

@@ -1,0 +1,257 @@
+"""The MONAI Label app as a real server, driven with MONAI Label's own client the way 3D Slicer drives it.
+
+One server (``python -m monai_unet.cli label``) on a free loopback port serves a studies folder made from
+``../shared/data``: two 3D volumes as NIfTI (the NRRD brain and a DICOM T1 series, converted here) and two ISBI 2012
+EM sections as PNG. The tests run in file order against it: ``/info``, inference in 3D and 2D (geometry, and the
+bundle's own result), 8 concurrent requests, a corrected label stored and a short training that the next inference
+uses, and a clean stop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("monailabel", reason='the MONAI Label app needs the label extra: pip install "monai-unet[label]"')
+
+import psutil
+import SimpleITK as sitk
+from monailabel.client import MONAILabelClient
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+VOLUMES = ("brain1", "pgbm001")
+SECTIONS = ("isbi_00", "isbi_01")
+START_TIMEOUT_S = 180
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _sha1(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def _make_studies(folder: Path, shared_data: Path) -> None:
+    """2D PNG sections and 3D NIfTI volumes (converted from NRRD and from a DICOM series) in a studies folder."""
+    folder.mkdir(parents=True)
+    for i, name in enumerate(SECTIONS):
+        Image.open(shared_data / "isbi2012" / "images" / f"train_{i:02d}.png").save(folder / f"{name}.png")
+    brain = sitk.ReadImage(str(shared_data / "nrrd_brain" / "brain1_image.nrrd"))
+    sitk.WriteImage(brain, str(folder / "brain1.nii.gz"))
+    series = sorted((shared_data / "brain_tumor_progression_dicom" / "PGBM-001").glob("*/*T1post*"))[0]
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(series)))
+    sitk.WriteImage(reader.Execute(), str(folder / "pgbm001.nii.gz"))
+
+
+class Server:
+    """The ``monai-unet label`` process, its folders and a way to stop it."""
+
+    def __init__(self, root: Path, studies: Path) -> None:
+        self.studies = studies
+        self.app_dir = root / "app"
+        self.log_path = root / "server.log"
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.results = root / "results"
+        self.results.mkdir()
+        cmd = [sys.executable, "-m", "monai_unet.cli", "label", "--studies", str(studies)]
+        cmd += ["--app-dir", str(self.app_dir), "--port", str(self.port), "--log-level", "warning"]
+        self._log = open(self.log_path, "wb")  # closed in stop()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "MONAI_LABEL_SESSION_PATH": str(root / "sessions")}
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.stopped = False
+
+    def log_tail(self, n: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+    def client(self) -> MONAILabelClient:
+        return MONAILabelClient(self.url, tmpdir=str(self.results))
+
+    def wait_ready(self) -> dict:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                return self.client().info()
+            except Exception:
+                time.sleep(1)
+        raise AssertionError(f"server not answering /info after {START_TIMEOUT_S} s:\n{self.log_tail()}")
+
+    def stop(self) -> list[psutil.Process]:
+        """SIGTERM to the server's process group, wait; the processes of the group still alive afterwards."""
+        if self.stopped:
+            return []
+        self.stopped = True
+        family = [psutil.Process(self.proc.pid)]
+        try:
+            family += family[0].children(recursive=True)
+        except psutil.NoSuchProcess:
+            pass
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        finally:
+            self._log.close()
+        _, alive = psutil.wait_procs(family, timeout=10)
+        for p in psutil.process_iter():
+            try:
+                if os.getpgid(p.pid) == self.proc.pid and p not in alive:
+                    alive.append(p)
+            except (ProcessLookupError, psutil.NoSuchProcess):
+                pass
+        for p in alive:  # leave nothing behind even when the test fails
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        return alive
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, shared_data: Path):
+    root = tmp_path_factory.mktemp("label")
+    studies = root / "studies"
+    _make_studies(studies, shared_data)
+    srv = Server(root, studies)
+    try:
+        srv.info = srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+def _bundle_membrane(image: Path, checkpoint: Path, out: Path) -> np.ndarray:
+    """The 2D bundle's own ``inference.json`` result for ``image`` as a membrane class map ``(H, W)``."""
+    from monai_unet.bundles import run_bundle
+
+    run_bundle(
+        "unet2d_membrane",
+        "run",
+        ["inference"],
+        bundle_root=out,
+        datalist=[str(image)],
+        output_dir=str(out),
+        ckpt_path=str(checkpoint),
+        device="$torch.device('cpu')",
+    )
+    return (np.asarray(Image.open(out / f"{image.name.split('.')[0]}_seg.png")) < 128).astype(np.uint8)
+
+
+def _infer_png(client: MONAILabelClient, image_id: str) -> np.ndarray:
+    path, params = client.infer("unet2d_membrane", image_id, {})
+    assert params["label_names"] == {"membrane": 1}
+    assert path.endswith(".png"), path
+    return np.asarray(Image.open(path))
+
+
+def test_info_lists_both_models(server: Server) -> None:
+    models = server.info["models"]
+    assert models["unet2d_membrane"]["dimension"] == 2
+    assert models["unet2d_membrane"]["labels"] == {"membrane": 1}
+    assert models["unet3d_volume"]["dimension"] == 3
+    assert models["unet3d_volume"]["labels"] == {"structure": 1}
+    assert set(server.info["trainers"]) == {"unet2d_membrane", "unet3d_volume"}
+    images = set(server.client().datastore()["objects"])
+    assert images == {*VOLUMES, *SECTIONS}
+
+
+@pytest.mark.parametrize("image_id", VOLUMES)
+def test_infer_3d_label_has_the_image_geometry(server: Server, image_id: str) -> None:
+    path, params = server.client().infer("unet3d_volume", image_id, {})
+    assert params["label_names"] == {"structure": 1}
+    label = sitk.ReadImage(path)
+    image = sitk.ReadImage(str(server.studies / f"{image_id}.nii.gz"))
+    assert label.GetSize() == image.GetSize()
+    np.testing.assert_allclose(label.GetSpacing(), image.GetSpacing(), rtol=1e-5)
+    np.testing.assert_allclose(label.GetOrigin(), image.GetOrigin(), atol=1e-3)
+    np.testing.assert_allclose(label.GetDirection(), image.GetDirection(), atol=1e-5)
+    assert set(np.unique(sitk.GetArrayViewFromImage(label))) <= {0, 1}
+
+
+def test_infer_2d_is_the_bundles_result(server: Server, tmp_path: Path) -> None:
+    got = _infer_png(server.client(), "isbi_01")
+    image = server.studies / "isbi_01.png"
+    assert got.shape == np.asarray(Image.open(image)).shape
+    want = _bundle_membrane(image, server.app_dir / "model" / "unet2d_membrane" / "models" / "model.pt", tmp_path)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_8_concurrent_inferences_all_succeed(server: Server) -> None:
+    jobs = [("unet2d_membrane", "isbi_01")] * 6 + [("unet3d_volume", "pgbm001")] * 2
+    results: list = [None] * len(jobs)
+    start = threading.Barrier(len(jobs))
+
+    def run(i: int, model: str, image_id: str) -> None:
+        client = server.client()
+        start.wait()
+        try:
+            path, _ = client.infer(model, image_id, {})
+            results[i] = sitk.GetArrayFromImage(sitk.ReadImage(path))
+        except Exception as e:  # reported below with the request that failed
+            results[i] = e
+
+    threads = [threading.Thread(target=run, args=(i, *job)) for i, job in enumerate(jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    failed = [(jobs[i], r) for i, r in enumerate(results) if not isinstance(r, np.ndarray)]
+    assert not failed, f"{failed}\n{server.log_tail()}"
+    for i in range(1, 6):
+        np.testing.assert_array_equal(results[i], results[0])
+    np.testing.assert_array_equal(results[7], results[6])
+
+
+def test_corrected_label_trains_the_model_the_next_inference_uses(
+    server: Server, tmp_path: Path, shared_data: Path
+) -> None:
+    client = server.client()
+    model_pt = server.app_dir / "model" / "unet2d_membrane" / "models" / "model.pt"
+    before_model = _sha1(model_pt)
+    before = _infer_png(client, "isbi_00")
+
+    # the correction, as Slicer submits it: the label map in the model's classes (1 = membrane)
+    isbi = np.asarray(Image.open(shared_data / "isbi2012" / "labels" / "train_00.png"))
+    corrected = tmp_path / "isbi_00_label.png"
+    Image.fromarray((isbi < 128).astype(np.uint8)).save(corrected)
+    client.save_label("isbi_00", str(corrected), tag="final")
+    assert "final" in client.datastore()["objects"]["isbi_00"]["labels"]
+
+    client.train_start("unet2d_membrane", {"max_epochs": 1, "epoch_length": 2})
+    deadline = time.monotonic() + 300
+    status = client.train_status()
+    while status.get("status") in ("SUBMITTED", "QUEUED", "RUNNING") and time.monotonic() < deadline:
+        time.sleep(1)
+        status = client.train_status()
+    details = "\n".join(status.get("details", []))
+    assert status.get("status") == "DONE", f"{status.get('status')}\n{details}\n{server.log_tail()}"
+    assert _sha1(model_pt) != before_model, "training did not publish a new models/model.pt"
+
+    after = _infer_png(client, "isbi_00")
+    want = _bundle_membrane(server.studies / "isbi_00.png", model_pt, tmp_path / "bundle")
+    np.testing.assert_array_equal(after, want)  # the server now serves the new weights
+    assert not np.array_equal(after, before)
+
+
+def test_server_stops_cleanly(server: Server) -> None:
+    alive = server.stop()
+    assert server.proc.returncode is not None
+    assert not alive, f"processes left behind: {[p.pid for p in alive]}"
