@@ -159,7 +159,22 @@ def discover_inputs(paths: Sequence[str | os.PathLike]) -> list[InputItem]:
             items[str(path)] = InputItem(
                 str(path), "invalid", path, Path(path.name), error=f"folder {path} holds no image or DICOM series."
             )
-    return [items[k] for k in sorted(items)]
+    ordered = [items[k] for k in sorted(items)]
+    groups: dict[Path, list[InputItem]] = {}
+    for item in ordered:
+        groups.setdefault(item.rel, []).append(item)
+    for same in groups.values():  # a.png and a.tif, a.nii and a.nii.gz: tell their outputs apart by format
+        if len(same) > 1:
+            for item in same:
+                tag = (_suffix(item.path, VOLUME_SUFFIXES + IMAGE_SUFFIXES) or "").replace(".", "")
+                if tag:
+                    item.rel = item.rel.with_name(f"{item.rel.name}_{tag}")
+    owner: dict[Path, str] = {}
+    for item in ordered:  # still the same name: the later one fails rather than overwrite
+        first = owner.setdefault(item.rel, item.key)
+        if first != item.key and item.kind != "invalid":
+            item.kind, item.error = "invalid", f"its outputs would overwrite those of {first}; segment it separately."
+    return ordered
 
 
 def resolve_shard(shard: str | tuple[int, int] | None = None) -> tuple[int, int]:
@@ -259,6 +274,7 @@ def predict(
     progress: bool = True,
     overrides: dict[str, Any] | None = None,
     stream: Any = None,
+    runner: Any = None,
 ) -> list[Result]:
     """Segment ``inputs`` with ``bundle`` into ``output_dir``; see the module docstring.
 
@@ -277,6 +293,8 @@ def predict(
         progress: progress bars over inputs and tiles of large images.
         overrides: bundle config ids and values.
         stream: where messages and the summary go (default stdout).
+        runner: a ready :class:`~monai_unet.predict_runner.BundleRunner` to reuse (then ``bundle``,
+            ``checkpoint``, ``device`` and ``overrides`` are not read again).
 
     Returns:
         one :class:`Result` per input of this shard, in order.
@@ -303,7 +321,8 @@ def predict(
         "progress": progress,
         "overwrite": overwrite,
     }
-    runner = BundleRunner(bundle, checkpoint=checkpoint, device=device, overrides=overrides)
+    if runner is None:
+        runner = BundleRunner(bundle, checkpoint=checkpoint, device=device, overrides=overrides)
     shard_note = f" (shard {index}/{count})" if count > 1 else ""
     print(f"segmenting {len(items)} input(s){shard_note} with {runner.bundle.name} into {output_dir}", file=stream)
 
