@@ -220,22 +220,10 @@ def test_8_concurrent_inferences_all_succeed(server: Server) -> None:
     np.testing.assert_array_equal(results[7], results[6])
 
 
-def test_corrected_label_trains_the_model_the_next_inference_uses(
-    server: Server, tmp_path: Path, shared_data: Path
-) -> None:
+def _train(server: Server, model: str, epoch_length: int) -> None:
+    """``POST /train/<model>`` with tiny settings, then wait for the training to finish."""
     client = server.client()
-    model_pt = server.app_dir / "model" / "unet2d_membrane" / "models" / "model.pt"
-    before_model = _sha1(model_pt)
-    before = _infer_png(client, "isbi_00")
-
-    # the correction, as Slicer submits it: the label map in the model's classes (1 = membrane)
-    isbi = np.asarray(Image.open(shared_data / "isbi2012" / "labels" / "train_00.png"))
-    corrected = tmp_path / "isbi_00_label.png"
-    Image.fromarray((isbi < 128).astype(np.uint8)).save(corrected)
-    client.save_label("isbi_00", str(corrected), tag="final")
-    assert "final" in client.datastore()["objects"]["isbi_00"]["labels"]
-
-    client.train_start("unet2d_membrane", {"max_epochs": 1, "epoch_length": 2})
+    client.train_start(model, {"max_epochs": 1, "epoch_length": epoch_length})
     deadline = time.monotonic() + 300
     status = client.train_status()
     while status.get("status") in ("SUBMITTED", "QUEUED", "RUNNING") and time.monotonic() < deadline:
@@ -243,12 +231,54 @@ def test_corrected_label_trains_the_model_the_next_inference_uses(
         status = client.train_status()
     details = "\n".join(status.get("details", []))
     assert status.get("status") == "DONE", f"{status.get('status')}\n{details}\n{server.log_tail()}"
+
+
+def test_corrected_2d_labels_train_the_model_the_next_inference_uses(
+    server: Server, tmp_path: Path, shared_data: Path
+) -> None:
+    client = server.client()
+    model_pt = server.app_dir / "model" / "unet2d_membrane" / "models" / "model.pt"
+    before_model = _sha1(model_pt)
+    before = _infer_png(client, "isbi_00")
+
+    # corrections in the model's classes (1 = membrane): one as a PNG, one as 3D Slicer saves a labelmap of a
+    # 2D image (a single-slice NIfTI, x first)
+    import nibabel as nib
+
+    for i, name in enumerate(SECTIONS):
+        isbi = np.asarray(Image.open(shared_data / "isbi2012" / "labels" / f"train_{i:02d}.png"))
+        classes = (isbi < 128).astype(np.uint8)
+        if i == 0:
+            path = tmp_path / f"{name}_label.png"
+            Image.fromarray(classes).save(path)
+        else:
+            path = tmp_path / f"{name}_label.nii.gz"
+            nib.save(nib.Nifti1Image(classes.T[..., None], np.eye(4)), path)
+        client.save_label(name, str(path), tag="final")
+    labelled = {k for k, v in client.datastore()["objects"].items() if "final" in v["labels"]}
+    assert labelled == set(SECTIONS)
+
+    _train(server, "unet2d_membrane", epoch_length=2)
     assert _sha1(model_pt) != before_model, "training did not publish a new models/model.pt"
 
     after = _infer_png(client, "isbi_00")
     want = _bundle_membrane(server.studies / "isbi_00.png", model_pt, tmp_path / "bundle")
     np.testing.assert_array_equal(after, want)  # the server now serves the new weights
     assert not np.array_equal(after, before)
+
+
+def test_corrected_3d_label_trains_the_3d_model(server: Server, shared_data: Path, tmp_path: Path) -> None:
+    client = server.client()
+    model_pt = server.app_dir / "model" / "unet3d_volume" / "models" / "model.pt"
+    before_model = _sha1(model_pt)
+    label = tmp_path / "brain1_label.nii.gz"
+    sitk.WriteImage(sitk.ReadImage(str(shared_data / "nrrd_brain" / "brain1_label.nrrd")), str(label))
+    client.save_label("brain1", str(label), tag="final")
+
+    _train(server, "unet3d_volume", epoch_length=1)
+    assert _sha1(model_pt) != before_model, "training did not publish a new models/model.pt"
+    path, _ = client.infer("unet3d_volume", "brain1", {})
+    assert sitk.ReadImage(path).GetSize() == sitk.ReadImage(str(label)).GetSize()
 
 
 def test_server_stops_cleanly(server: Server) -> None:
