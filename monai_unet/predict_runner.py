@@ -142,6 +142,8 @@ class BundleRunner:
 
     def check(self, img: Any, name: str) -> None:
         """Raise :class:`InputError` unless ``img`` ``(C, *S)`` is what the network takes."""
+        if img.numel() == 0:
+            raise InputError(f"image is empty (no voxels): shape {tuple(img.shape)}.")
         dims = img.ndim - 1
         if dims != self.spatial_dims:
             raise InputError(

@@ -1,0 +1,119 @@
+"""A batch that never loses work: resume after a kill, skip finished inputs, split over shards without overlap."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from monai_unet.io.atomic import is_temporary
+from monai_unet.predict import discover_inputs, predict, resolve_shard, shard_items
+
+
+def run(runner, inputs, out, **kwargs):
+    return predict(
+        runner.bundle, [str(i) for i in inputs], out, runner=runner, progress=False, stream=io.StringIO(), **kwargs
+    )
+
+
+@pytest.fixture(scope="module")
+def pngs(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pngs")
+    rng = np.random.default_rng(0)
+    for k in range(8):
+        Image.fromarray(rng.integers(0, 255, (120, 100), dtype=np.uint8)).save(root / f"img{k}.png")
+    return root
+
+
+def mtimes(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in folder.glob("*_seg.png")}
+
+
+def test_rerun_skips_finished_inputs_and_overwrite_redoes_them(runners, pngs, tmp_path):
+    runner = runners["unet2d_membrane"]
+    first = run(runner, [pngs], tmp_path)
+    assert [r.status for r in first] == ["done"] * 8
+    before = mtimes(tmp_path)
+    (tmp_path / "img3_seg.png").unlink()
+    second = run(runner, [pngs], tmp_path)
+    assert [r.status for r in second] == ["skipped"] * 3 + ["done"] + ["skipped"] * 4
+    after = mtimes(tmp_path)
+    assert {k: v for k, v in after.items() if k != "img3_seg.png"} == {
+        k: v for k, v in before.items() if k != "img3_seg.png"
+    }
+    third = run(runner, [pngs / "img0.png"], tmp_path, overwrite=True)
+    assert third[0].status == "done" and mtimes(tmp_path)["img0_seg.png"] != before["img0_seg.png"]
+
+
+def test_killed_batch_resumes(checkpoints, runners, pngs, tmp_path):
+    """Kill a running batch (SIGKILL) after its first output; the rerun keeps those outputs and does the rest."""
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai_unet.cli",
+        "predict",
+        "--bundle",
+        "unet2d_membrane",
+        "--checkpoint",
+        str(checkpoints["unet2d_membrane"]),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--set",
+        "features=[4,8,16,32,64]",
+        "--input",
+        str(pngs),
+        "--output",
+        str(out),
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.monotonic() + 300
+        while not mtimes(out) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    done_before = mtimes(out)
+    assert 1 <= len(done_before) < 8, done_before
+    for name in done_before:  # what exists is complete
+        assert np.asarray(Image.open(out / name)).shape == (120, 100)
+    results = run(runners["unet2d_membrane"], [pngs], out)
+    assert all(r.status in ("done", "skipped") for r in results)
+    skipped = {Path(r.outputs[0]).name for r in results if r.status == "skipped"}
+    assert skipped == set(done_before)
+    assert {k: v for k, v in mtimes(out).items() if k in done_before} == done_before  # not rewritten
+    assert len(mtimes(out)) == 8
+    assert not [p for p in out.rglob("*") if is_temporary(p)]
+
+
+def test_shards_split_the_batch_without_overlap(runners, pngs, tmp_path, monkeypatch):
+    items = discover_inputs([pngs])
+    parts = [shard_items(items, i, 3) for i in range(3)]
+    keys = [{it.key for it in p} for p in parts]
+    assert sum(len(k) for k in keys) == len(items) == 8
+    assert set().union(*keys) == {it.key for it in items}
+    runner = runners["unet2d_membrane"]
+    a = run(runner, [pngs], tmp_path, shard="0/2")
+    b = run(runner, [pngs], tmp_path, shard="1/2")
+    assert len(a) == len(b) == 4
+    assert not {r.key for r in a} & {r.key for r in b}
+    assert all(r.status == "done" for r in a + b) and len(mtimes(tmp_path)) == 8
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert resolve_shard() == (1, 2)  # torchrun's variables
+    assert resolve_shard("0/4") == (0, 4)  # --shard wins
+    assert [r.key for r in run(runner, [pngs], tmp_path / "env")] == [r.key for r in b]
+    for bad in ("2/2", "1", "-1/3", "a/b", "0/0"):
+        with pytest.raises(ValueError, match="shard"):
+            resolve_shard(bad)
