@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
-from monai_unet.inferers.overlap_tile import OverlapTileInferer, choose_tile_size, overlap_tile_inference
+from monai_unet.inferers.overlap_tile import (
+    OverlapTileInferer,
+    auto_tile_size,
+    choose_tile_size,
+    overlap_tile_inference,
+)
 
-__all__ = ["OverlapTileInferer", "choose_tile_size", "overlap_tile_inference"]
+__all__ = ["OverlapTileInferer", "auto_tile_size", "choose_tile_size", "overlap_tile_inference"]

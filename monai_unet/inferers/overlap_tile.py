@@ -25,8 +25,9 @@ from monai.inferers import Inferer
 from monai.utils import convert_to_dst_type
 from torch import nn
 
+from monai_unet.inferers.arrays import Source, check_out, sink_index, to_sink, zero_fill
 from monai_unet.inferers.tiling import (
-    _UNKNOWN_ALIGN,
+    UNKNOWN_ALIGN,
     AxisPlan,
     SizeRules,
     blend_weights,
@@ -46,70 +47,6 @@ _ACTIVATIONS = ("softmax", "sigmoid", "none")
 # default activation memory of one forward on the CPU (on CUDA: half the free memory); within it the tile with
 # (nearly) the fewest FLOPs over the image is taken (auto_tile_size)
 DEFAULT_MEMORY_BUDGET = 2 * 2**30
-
-
-# ---- sources and sinks -------------------------------------------------------------------------------------------
-
-
-class _Source:
-    """A ``(B, C, *S)`` view of a tensor or a lazily read array of shape ``(B, C, *S)``, ``(C, *S)`` or ``(*S)``."""
-
-    def __init__(self, data: Any, dims: int) -> None:
-        self.data = data
-        self.is_tensor = isinstance(data, torch.Tensor)
-        shape = tuple(int(s) for s in data.shape)
-        self.lead = len(shape) - dims
-        if self.is_tensor and self.lead != 2:
-            raise ValueError(
-                f"inputs must be a tensor of shape (B, C, *spatial) with {dims} spatial dimensions "
-                f"({dims + 2} in all), got shape {shape}."
-            )
-        if self.lead not in (0, 1, 2):
-            raise ValueError(
-                f"inputs must have shape (B, C, *spatial), (C, *spatial) or (*spatial) with {dims} spatial "
-                f"dimensions, got shape {shape}."
-            )
-        self.shape = (1,) * (2 - self.lead) + shape
-
-    def read(self, b: int, box: Sequence[slice]) -> torch.Tensor:
-        """The block ``[b, :, *box]`` as a tensor ``(C, *box)`` (a view for tensors, a read for arrays)."""
-        box = tuple(box)
-        if self.lead == 2:
-            block = self.data[(b, slice(None), *box)]
-        elif self.lead == 1:
-            block = self.data[(slice(None), *box)]
-        else:
-            block = self.data[box][None]
-        if self.is_tensor:
-            return block
-        block = np.asarray(block)
-        if block.dtype.kind not in "fc" or block.dtype.byteorder not in "=|":
-            block = block.astype(np.float32)
-        return torch.from_numpy(np.ascontiguousarray(block))
-
-
-def _sink_index(out: Any, dims: int, b: int, box: Sequence[slice]) -> tuple:
-    lead = len(out.shape) - dims
-    if lead == 2:
-        return (b, slice(None), *box)
-    if lead == 1:
-        return (slice(None), *box)
-    return tuple(box)
-
-
-def _check_out(out: Any, shape: tuple[int, ...], dims: int) -> None:
-    got = tuple(int(s) for s in out.shape)
-    b, c, spatial = shape[0], shape[1], shape[2:]
-    ok = (
-        got == shape
-        or (b == 1 and got == (c, *spatial))
-        or (b == 1 and c == 1 and got == tuple(spatial) and len(got) == dims)
-    )
-    if not ok:
-        raise ValueError(
-            f"out has shape {got}, but the output is {shape} (B, C_out, *spatial); give an array of that shape "
-            "(or (C_out, *spatial) for one image, or (*spatial) for one image with one output channel)."
-        )
 
 
 # ---- settings ----------------------------------------------------------------------------------------------------
@@ -186,6 +123,8 @@ def auto_tile_size(
     dims = len(spatial)
     cap = choose_tile_size(rules, dims, memory_budget, sw_batch_size)[0]
     halo = rules.halo[0]
+    if halo == 0:  # a padded network costs the same per pixel at any tile: take the largest (fewest seams)
+        return (cap,) * dims
     need = max(input_size_1d(s, rules.depth, rules.padding) for s in spatial)
     best: list[tuple[float, tuple[int, ...]]] = []
     for t in rules.valid_sizes(min(cap, need)):
@@ -277,7 +216,7 @@ def overlap_tile_inference(
     meta_like = inputs if isinstance(inputs, MetaTensor) else None
     if meta_like is not None:
         inputs = inputs.as_tensor()  # plain tensor: indexing a MetaTensor per tile would copy its metadata
-    src = _Source(inputs, dims)
+    src = Source(inputs, dims)
     bsz, chans, spatial = src.shape[0], src.shape[1], src.shape[2:]
     if min(spatial) < 1:
         raise ValueError(f"inputs has an empty spatial axis: shape {tuple(inputs.shape)}.")
@@ -308,7 +247,7 @@ def overlap_tile_inference(
         )
     if rules.halo is None:
         hal = _probe_halo(network, tile, chans, sw_device, net_dtype)
-        rules = dataclasses.replace(rules, halo=hal, align=1 if max(hal) == 0 else _UNKNOWN_ALIGN)
+        rules = dataclasses.replace(rules, halo=hal, align=1 if max(hal) == 0 else UNKNOWN_ALIGN)
     else:
         hal = _per_axis(rules.halo, dims, "halo")
     if len(hal) != dims:
@@ -379,9 +318,9 @@ def overlap_tile_inference(
             _check_output(y, tile, hal, plans)
             checked = True
             if external:
-                _check_out(out, (bsz, y.shape[1], *spatial), dims)
+                check_out(out, (bsz, y.shape[1], *spatial), dims)
                 if blend:
-                    _zero_fill(out, dims)
+                    zero_fill(out, dims)
             else:
                 shape = (bsz, y.shape[1], *spatial)
                 result = (torch.zeros if blend else torch.empty)(shape, dtype=y.dtype, device=device)
@@ -398,8 +337,8 @@ def overlap_tile_inference(
                     shape[a + 1] = -1
                     piece = piece * weights[a][k].view(shape)
                 if external:
-                    idx = _sink_index(out, dims, b, dst)
-                    out[idx] = out[idx] + _to_numpy(piece, out, idx)
+                    idx = sink_index(out, dims, b, dst)
+                    out[idx] = out[idx] + to_sink(piece, out, idx)
                 else:
                     result[(b, slice(None), *dst)] += piece
             else:
@@ -410,8 +349,8 @@ def overlap_tile_inference(
                 ]
                 piece = y[(i, slice(None), *loc)]
                 if external:
-                    idx = _sink_index(out, dims, b, dst)
-                    out[idx] = _to_numpy(piece, out, idx)
+                    idx = sink_index(out, dims, b, dst)
+                    out[idx] = to_sink(piece, out, idx)
                 else:
                     result[(b, slice(None), *dst)] = piece
         if bar is not None:
@@ -423,29 +362,6 @@ def overlap_tile_inference(
     if meta_like is not None:
         result = convert_to_dst_type(result, meta_like, device=device)[0]
     return result
-
-
-def _to_numpy(piece: torch.Tensor, out: Any, idx: tuple) -> Any:
-    if isinstance(out, torch.Tensor):
-        return piece.to(out.device, out.dtype)
-    arr = piece.detach().cpu().numpy()
-    want = len(out.shape) - sum(isinstance(i, int) for i in idx)
-    while arr.ndim > want:
-        arr = arr[0]
-    return arr
-
-
-def _zero_fill(out: Any, dims: int) -> None:
-    """Zero a caller-given output slab by slab along the first spatial axis (never a whole-size temporary)."""
-    n = out.shape[len(out.shape) - dims]
-    per = max(1, n // max(1, math.ceil(math.prod(out.shape) / 2**24)))
-    for s in range(0, n, per):
-        idx = (slice(None),) * (len(out.shape) - dims) + (slice(s, min(n, s + per)),)
-        if isinstance(out, torch.Tensor):
-            out[idx] = 0
-        else:
-            region = out[idx]
-            out[idx] = np.zeros(np.shape(region), dtype=out.dtype)
 
 
 def _predict(

@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 # tile starts of a valid network without size attributes are aligned to this (exact for depth <= 5)
-_UNKNOWN_ALIGN = 32
+UNKNOWN_ALIGN = 32
 
 
 def unwrap_network(network: object) -> object:
@@ -116,7 +116,7 @@ def size_rules_of(network: object, halo: int | Sequence[int] | None = None) -> S
     h = tuple(int(v) for v in halo)
     if min(h) < 0:
         raise ValueError(f"halo must be >= 0, got {h}.")
-    return SizeRules(spatial_dims=len(h) if len(h) > 1 else None, halo=h, align=1 if max(h) == 0 else _UNKNOWN_ALIGN)
+    return SizeRules(spatial_dims=len(h) if len(h) > 1 else None, halo=h, align=1 if max(h) == 0 else UNKNOWN_ALIGN)
 
 
 def _per_axis(value: int | Sequence[int], dims: int, name: str) -> tuple[int, ...]:

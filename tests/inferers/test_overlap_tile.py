@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -11,8 +14,14 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from torch import nn
 
-from monai_unet.inferers import OverlapTileInferer, choose_tile_size, overlap_tile_inference
-from monai_unet.inferers.tiling import estimate_activation_bytes, reflect_indices, size_rules_of
+from monai_unet.inferers import OverlapTileInferer, auto_tile_size, choose_tile_size, overlap_tile_inference
+from monai_unet.inferers.tiling import (
+    estimate_activation_bytes,
+    estimate_flops,
+    plan_axis,
+    reflect_indices,
+    size_rules_of,
+)
 from monai_unet.networks import UNet, input_size_1d
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -68,7 +77,8 @@ def test_reflect_is_numpy_reflect_repeated(size: int, pad: int) -> None:
 
 # ---- exactness ---------------------------------------------------------------------------------------------------
 
-CASES_2D = [(1, 1), (3, 5), (17, 2), (60, 7), (50, 77), (131, 200)]  # smaller than halo (16), odd, not multiples of the tile
+# smaller than the halo (20), mixed (one axis mirrored back and forth), odd, not multiples of the tile
+CASES_2D = [(1, 1), (3, 5), (17, 2), (60, 7), (50, 77), (131, 200)]
 CASES_3D = [(1, 2, 3), (9, 17, 20), (31, 24, 5)]
 
 
@@ -83,7 +93,7 @@ def test_tiled_equals_whole_mirrored_image(dims: int, spatial: tuple, tile: str 
     assert_same(y, whole_image(net, x))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     h=st.integers(1, 90),
     w=st.integers(1, 90),
@@ -127,6 +137,7 @@ class Opaque(nn.Module):
         return self.net(x)
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 def test_torchscript_and_wrapped_networks() -> None:
     net = make_net(2)
     x = torch.randn(1, 1, 45, 70)
@@ -175,7 +186,7 @@ def test_metatensor_keeps_metadata() -> None:
 
 
 @pytest.mark.parametrize("mode", ["gaussian", "constant"])
-@pytest.mark.parametrize("overlap", [0.25, 0.5, 0.8])
+@pytest.mark.parametrize("overlap", [0.25, 0.6])
 def test_blending_keeps_exact_result(mode: str, overlap: float) -> None:
     """Blended overlapping tiles of an exact (unpadded) network still give the whole-image result."""
     net = make_net(2)
@@ -208,6 +219,7 @@ def test_same_padded_unet_is_a_sliding_window_drop_in() -> None:
         assert_same(OverlapTileInferer(tile_size=(64, 48))(x, net), net(x))
         y = OverlapTileInferer(tile_size=32, overlap=0.5, mode="gaussian")(x, net)
         ref = net(x)
+        assert_same(OverlapTileInferer()(x, net), ref)  # default: the largest tile, here the whole image
     assert y.shape == (1, 2, 64, 48) and torch.isfinite(y).all()
     # blending of the tiles' padded borders: the result stays close to one pass
     assert float((y - ref).abs().mean()) < 0.2 * float(ref.abs().mean())
@@ -221,7 +233,7 @@ def test_flip_tta_equals_whole_image_tta(dims: int) -> None:
     sizes = [input_size_1d(s, net.n_pool, net.padding) for s in spatial]
     xm = mirror(x, net.halo[0], sizes)
     crop = (slice(None), slice(None), *(slice(0, s) for s in spatial))
-    flips = [f for r in range(dims + 1) for f in __import__("itertools").combinations(range(2, dims + 2), r)]
+    flips = [f for r in range(dims + 1) for f in itertools.combinations(range(2, dims + 2), r)]
     with torch.no_grad():
         probs = [torch.flip(torch.softmax(net(torch.flip(xm, f)), 1), f) for f in flips]
         ref = (sum(probs) / len(probs))[crop]
@@ -246,6 +258,24 @@ def test_memory_budget_picks_largest_fitting_tile() -> None:
     assert_same(y, whole_image(net, x))
     with pytest.raises(ValueError, match="memory_budget"):
         OverlapTileInferer(memory_budget=1000)(x, net)
+
+
+def test_default_tile_has_fewest_flops_within_budget() -> None:
+    """The default tile costs (within 3%) the fewest FLOPs over the image of all valid tiles fitting the budget."""
+    rules = size_rules_of(UNet(2, 1, 2, features=(16, 32, 64, 128, 256)))
+    spatial, budget = (1000, 700), 256 * 2**20
+    tile = auto_tile_size(rules, spatial, budget)
+
+    def cost(t: int) -> int:
+        plans = [plan_axis(s, t, 92, rules) for s in spatial]
+        return math.prod(len(p.starts) for p in plans) * estimate_flops(rules, tuple(p.tile for p in plans))
+
+    chosen = math.prod(len(plan_axis(s, t, 92, rules).starts) for s, t in zip(spatial, tile))
+    chosen *= estimate_flops(rules, tile)
+    fitting = [t for t in range(204, 2000, 16) if estimate_activation_bytes(rules, (t, t), 1) <= budget]
+    assert estimate_activation_bytes(rules, tile, 1) <= budget
+    assert chosen <= 1.03 * min(cost(t) for t in fitting)
+    assert chosen < 0.9 * cost(204)  # much better than the smallest tiles
 
 
 def test_memory_estimate_bounds_measured_peak() -> None:
