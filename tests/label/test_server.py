@@ -36,6 +36,36 @@ SECTIONS = ("isbi_00", "isbi_01")
 START_TIMEOUT_S = 180
 
 
+# Put first on the server's PYTHONPATH: every process of the server (training included) may connect to loopback
+# only; any other connection attempt is refused and written to $OFFLINE_LOG, so the test sees the start is offline.
+_OFFLINE_SITECUSTOMIZE = """
+import os, socket
+
+_connect, _connect_ex = socket.socket.connect, socket.socket.connect_ex
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def _check(sock, address):
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in _LOOPBACK:
+        with open(os.environ["OFFLINE_LOG"], "a") as f:
+            f.write(f"{os.getpid()} {address}\\n")
+        raise OSError(f"offline test: connection to {address} refused")
+
+
+def connect(self, address):
+    _check(self, address)
+    return _connect(self, address)
+
+
+def connect_ex(self, address):
+    _check(self, address)
+    return _connect_ex(self, address)
+
+
+socket.socket.connect, socket.socket.connect_ex = connect, connect_ex
+"""
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -73,7 +103,17 @@ class Server:
         cmd = [sys.executable, "-m", "monai_unet.cli", "label", "--studies", str(studies)]
         cmd += ["--app-dir", str(self.app_dir), "--port", str(self.port), "--log-level", "warning"]
         self._log = open(self.log_path, "wb")  # closed in stop()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "MONAI_LABEL_SESSION_PATH": str(root / "sessions")}
+        offline = root / "offline"
+        offline.mkdir()
+        (offline / "sitecustomize.py").write_text(_OFFLINE_SITECUSTOMIZE)
+        self.offline_log = root / "offline.log"
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "MONAI_LABEL_SESSION_PATH": str(root / "sessions"),
+            "PYTHONPATH": os.pathsep.join([str(offline), *filter(None, [os.environ.get("PYTHONPATH")])]),
+            "OFFLINE_LOG": str(self.offline_log),
+        }
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self.stopped = False
 
@@ -169,6 +209,7 @@ def test_info_lists_both_models(server: Server) -> None:
     assert models["unet3d_volume"]["dimension"] == 3
     assert models["unet3d_volume"]["labels"] == {"structure": 1}
     assert set(server.info["trainers"]) == {"unet2d_membrane", "unet3d_volume"}
+    assert not server.offline_log.exists(), f"the server tried the network: {server.offline_log.read_text()}"
     images = set(server.client().datastore()["objects"])
     assert images == {*VOLUMES, *SECTIONS}
 
@@ -282,6 +323,7 @@ def test_corrected_3d_label_trains_the_3d_model(server: Server, shared_data: Pat
 
 
 def test_server_stops_cleanly(server: Server) -> None:
+    assert not server.offline_log.exists(), f"the server tried the network: {server.offline_log.read_text()}"
     alive = server.stop()
     assert server.proc.returncode is not None
     assert not alive, f"processes left behind: {[p.pid for p in alive]}"
