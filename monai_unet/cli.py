@@ -102,9 +102,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             overrides=_overrides(args.set),
         )
-    except (FileNotFoundError, ValueError, ImportError) as e:
+    except (FileNotFoundError, ValueError, ImportError, RuntimeError) as e:
         print(f"monai-unet predict: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            "monai-unet predict: interrupted; finished outputs are kept, run the same command to resume.",
+            file=sys.stderr,
+        )
+        return 130
     return 0 if all(r.status != "failed" for r in results) else 1
 
 

@@ -116,17 +116,19 @@ def _dicom_items(folder: Path, files: list[Path], root: Path) -> list[InputItem]
     return [InputItem(f"{folder}#{s.uid}", "dicom", folder, rel / _safe(s.uid[-40:]), series=s.uid) for s in series]
 
 
-def discover_inputs(paths: Sequence[str | os.PathLike]) -> list[InputItem]:
+def discover_inputs(paths: Sequence[str | os.PathLike], exclude: str | os.PathLike | None = None) -> list[InputItem]:
     """Expand files and folders into the inputs to segment, sorted by key and without duplicates.
 
     Files with a known suffix are inputs; in folders (walked recursively) other files that look like DICOM
     (``.dcm`` or the ``DICM`` preamble) are grouped into series per folder, one input per series. A path that
     does not exist, a folder with nothing to segment, and a DICOM folder without a readable series become
-    ``"invalid"`` items, so they show in the summary.
+    ``"invalid"`` items, so they show in the summary. Folders under ``exclude`` (the output folder, when it lies
+    inside an input folder) are not searched, so earlier outputs never become inputs.
     """
     from monai_unet.io.dicom import looks_like_dicom
 
     items: dict[str, InputItem] = {}
+    skip = None if exclude is None else Path(exclude).expanduser().absolute()
     for p in paths:
         path = Path(p).expanduser().absolute()
         if path.is_file():
@@ -138,8 +140,8 @@ def discover_inputs(paths: Sequence[str | os.PathLike]) -> list[InputItem]:
             continue
         found = 0
         for folder, dirs, files in os.walk(path):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             folder = Path(folder)
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (exclude is None or folder / d != skip))
             dicom = []
             for name in sorted(files):
                 f = folder / name
@@ -309,7 +311,7 @@ def predict(
     stream = stream or sys.stdout
     output_dir = Path(output_dir).absolute()
     index, count = resolve_shard(shard)
-    items = shard_items(discover_inputs(inputs), index, count)
+    items = shard_items(discover_inputs(inputs, exclude=output_dir), index, count)
     output_dir.mkdir(parents=True, exist_ok=True)
     for p in clean_stale_temporaries(output_dir):
         print(f"removed the temporary {p} of an interrupted run", file=stream)

@@ -117,3 +117,13 @@ def test_shards_split_the_batch_without_overlap(runners, pngs, tmp_path, monkeyp
     for bad in ("2/2", "1", "-1/3", "a/b", "0/0"):
         with pytest.raises(ValueError, match="shard"):
             resolve_shard(bad)
+
+
+def test_outputs_inside_the_input_folder_are_not_inputs(runners, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for k in range(2):
+        Image.fromarray(np.full((40, 30), 60 * k, np.uint8)).save(src / f"s{k}.png")
+    runner = runners["unet2d_membrane"]
+    assert [r.status for r in run(runner, [src], src / "pred")] == ["done", "done"]
+    assert [r.status for r in run(runner, [src], src / "pred")] == ["skipped", "skipped"]
