@@ -28,8 +28,8 @@ from monai.inferers import SlidingWindowInferer
 from torch.utils.flop_counter import FlopCounterMode
 
 from monai_unet.inferers import OverlapTileInferer
-from monai_unet.inferers.overlap_tile import DEFAULT_MEMORY_BUDGET, choose_tile_size
-from monai_unet.inferers.tiling import plan_axis, reflect_indices, size_rules_of
+from monai_unet.inferers.overlap_tile import DEFAULT_MEMORY_BUDGET, auto_tile_size
+from monai_unet.inferers.tiling import reflect_indices, size_rules_of
 from monai_unet.networks import UNet, input_size_1d
 
 
@@ -84,8 +84,7 @@ def bench(dims: int, shape: tuple[int, ...], feats: tuple[int, ...], roi: int, p
     budget = DEFAULT_MEMORY_BUDGET
     if device.type == "cuda":
         budget = max(budget, torch.cuda.mem_get_info(device)[0] // 2)
-    tmax = choose_tile_size(rules, dims, budget)
-    tile = tuple(plan_axis(s, t, halo, rules).tile for s, t in zip(shape, tmax))
+    tile = auto_tile_size(rules, shape, budget)
 
     def hover(t: int) -> SlidingWindowHoVerNetInferer:
         out = t - 2 * halo
