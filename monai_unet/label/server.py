@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -181,6 +182,8 @@ def start_server(
 ) -> None:
     """Prepare the app folder and run MONAI Label's server in this process until it is stopped (Ctrl-C, SIGTERM).
 
+    When the server stops, the processes it started (a training still running) are stopped too.
+
     Args:
         studies: the studies folder (images; labels go to ``<studies>/labels/``), or a DICOMweb URL.
         app_dir: the app folder (see :func:`prepare_app_dir`).
@@ -202,4 +205,35 @@ def start_server(
     settings = {"models": ",".join(names), **dict(conf or {})}
     main = Main()
     args = main.args_parser().parse_args(server_argv(app, studies, host, port, settings, log_level))
-    main.action_start_server(args)
+    # uvicorn re-raises SIGTERM after its shutdown with the handler it found: make that handler an exit that runs
+    # the clean-up below (the default one would end the process at once and leave a running training behind)
+    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        main.action_start_server(args)
+    finally:
+        _stop_children()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _stop_children(timeout: float = 10.0) -> None:
+    """End what the server started (a training still running, its data loader workers): nothing outlives it."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        try:
+            child.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(children, timeout=timeout)
+    for child in alive:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    if children:
+        logger.warning(f"stopped {len(children)} process(es) the server had started (e.g. a training)")

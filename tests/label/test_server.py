@@ -135,7 +135,11 @@ class Server:
         raise AssertionError(f"server not answering /info after {START_TIMEOUT_S} s:\n{self.log_tail()}")
 
     def stop(self) -> list[psutil.Process]:
-        """SIGTERM to the server's process group, wait; the processes of the group still alive afterwards."""
+        """SIGTERM to the server process alone (as a service manager stops it), wait; what is left of its family.
+
+        Returns the processes of the server's process group still alive after the server exited (then killed, so
+        that nothing is left behind even when the test fails).
+        """
         if self.stopped:
             return []
         self.stopped = True
@@ -145,7 +149,7 @@ class Server:
         except psutil.NoSuchProcess:
             pass
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            os.kill(self.proc.pid, signal.SIGTERM)
         try:
             self.proc.wait(timeout=60)
         finally:
@@ -322,8 +326,14 @@ def test_corrected_3d_label_trains_the_3d_model(server: Server, shared_data: Pat
     assert sitk.ReadImage(path).GetSize() == sitk.ReadImage(str(label)).GetSize()
 
 
-def test_server_stops_cleanly(server: Server) -> None:
+def test_server_stops_cleanly_even_while_training(server: Server) -> None:
     assert not server.offline_log.exists(), f"the server tried the network: {server.offline_log.read_text()}"
+    client = server.client()
+    client.train_start("unet3d_volume", {"max_epochs": 50, "epoch_length": 40})
+    deadline = time.monotonic() + 60
+    while not psutil.Process(server.proc.pid).children() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert psutil.Process(server.proc.pid).children(), "the training did not start a process"
     alive = server.stop()
     assert server.proc.returncode is not None
     assert not alive, f"processes left behind: {[p.pid for p in alive]}"
