@@ -108,7 +108,11 @@ def _dicom_items(folder: Path, files: list[Path], root: Path) -> list[InputItem]
     if not series:
         return [
             InputItem(
-                str(folder), "invalid", folder, rel, error=f"no readable DICOM series among {len(files)} file(s) {err}"
+                str(folder),
+                "invalid",
+                folder,
+                rel,
+                error=f"no readable DICOM series among {len(files)} DICOM-looking file(s) (corrupt?) {err}".strip(),
             )
         ]
     if len(series) == 1:

@@ -34,10 +34,12 @@ def _check_nifti_dims(path: Path, spatial_dims: int) -> None:
         raise InputError(f"cannot read the NIfTI header: {e}") from e
     extra = [s for s in shape[spatial_dims:] if s != 1]
     if len(shape) > spatial_dims and extra:
-        raise InputError(
-            f"image is {len(shape)}D (shape {tuple(shape)}); this bundle segments {spatial_dims}D volumes: "
-            "split the time/channel axis into separate volumes first."
+        fix = (
+            "split the time/channel axis into separate volumes first"
+            if spatial_dims == 3
+            else "this bundle segments 2D images (PNG/TIFF): use a 3D bundle for volumes"
         )
+        raise InputError(f"image is {len(shape)}D (shape {tuple(shape)}); {fix}.")
 
 
 def predict_volume(runner: Any, item: Any, output_dir: Path, options: dict[str, Any]) -> list[Path]:
@@ -48,6 +50,9 @@ def predict_volume(runner: Any, item: Any, output_dir: Path, options: dict[str, 
     from monai_unet.predict import output_paths
 
     outs = output_paths(item, output_dir, options)
+    if runner.spatial_dims != 3:
+        what = "a DICOM series" if item.kind == "dicom" else "a volume file"
+        raise InputError(f"{what}; the bundle {runner.bundle.name} segments 2D images (PNG/TIFF): use a 3D bundle.")
     reader = None
     if item.kind == "dicom":
         reader = ITKReader(series_name=item.series or "")

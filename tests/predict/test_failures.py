@@ -79,7 +79,7 @@ def test_bad_volumes_fail_with_reasons_and_the_good_one_finishes(runners, bad_vo
     assert written == ["good_seg.nii.gz"]  # nothing half-written, no temporaries
 
 
-def test_bad_2d_inputs(runners, tmp_path):
+def test_bad_2d_inputs(runners, tmp_path, shared_data):
     src = tmp_path / "in"
     src.mkdir()
     rng = np.random.default_rng(0)
@@ -96,6 +96,8 @@ def test_bad_2d_inputs(runners, tmp_path):
     assert "cannot read" in results["truncated.png"].reason
     assert "cannot read" in results["text.tif"].reason
     assert "NaN/infinite" in results["nan.tif"].reason
+    results, _ = run(runners["unet2d_membrane"], [src / "good.png", shared_data / "nrrd_brain"], tmp_path / "out")
+    assert "segments 2D images" in results["brain1_image.nrrd"].reason
     # the same through the lazy large-image path
     results, _ = run(runners["unet2d_membrane"], [src / "nan.tif"], tmp_path / "out", large_threshold=0)
     assert "NaN/infinite" in results["nan.tif"].reason
