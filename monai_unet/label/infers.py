@@ -10,6 +10,8 @@ add:
 - Results are written as ``uint8`` (PNG needs it; Slicer reads labelmaps of any integer type).
 - One request at a time per model: the parsed bundle config and the cached network are shared state.
 - Each request checks that the image has the model's dimension and says which model to use otherwise.
+- A 2D image that 3D Slicer uploaded (a single-slice NIfTI/NRRD volume, not a PNG) is read with the reader its
+  file needs, and its label is written as a single-slice volume with the image's geometry.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from monai.transforms import Lambdad, SaveImaged, SqueezeDimd
+from monai.transforms import Lambdad, LoadImaged, SaveImaged, SqueezeDimd
 from monailabel.tasks.infer.bundle import BundleInferTask
+from monailabel.transform.pre import LoadImageTensord
 
-from monai_unet.label.transforms import image_spatial_dims
+from monai_unet.label.transforms import TWO_D_SUFFIXES, image_spatial_dims
 
 __all__ = ["UNetInferTask"]
 
@@ -40,6 +43,37 @@ class _RenameKey:
         d = dict(data)
         if self.src in d:
             d[self.dst] = d.pop(self.src)
+        return d
+
+
+def _is_single_slice_volume(path: Any) -> bool:
+    return isinstance(path, str) and not path.lower().endswith(TWO_D_SUFFIXES)
+
+
+class _LoadSingleSlice:
+    """Load a single-slice volume ``(W, H, 1)`` as a 2D image ``(1, W, H)``, keeping its geometry in the metadata."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self._load = LoadImaged(keys=key, image_only=False, ensure_channel_first=True)
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        d = self._load(data)
+        img = d[self.key][..., 0]
+        img.meta["spatial_shape"] = np.asarray(img.shape[1:])
+        d[self.key] = img
+        return d
+
+
+class _AddSlice:
+    """``(W, H)`` -> ``(W, H, 1)``: the label of a single-slice volume, written with the volume's geometry."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        d = dict(data)
+        d[self.key] = d[self.key][..., None]
         return d
 
 
@@ -78,6 +112,8 @@ class UNetInferTask(BundleInferTask):
         transforms run.
         """
         pre = list(super().pre_transforms(data))
+        if self.dimension == 2 and data and _is_single_slice_volume(data.get(self.input_key)):
+            pre = [_LoadSingleSlice(self.input_key) if isinstance(t, LoadImageTensord) else t for t in pre]
         return [_RenameKey("image_path", _PATH_KEY), *pre, _RenameKey(_PATH_KEY, "image_path")]
 
     def post_transforms(self, data: dict[str, Any] | None = None) -> Sequence[Callable]:
@@ -85,6 +121,8 @@ class UNetInferTask(BundleInferTask):
         post = list(super().post_transforms(data))
         if self.dimension == 2:
             post.append(SqueezeDimd(keys=self.key_pred, dim=0))
+            if data and _is_single_slice_volume(data.get("image_path")):
+                post.append(_AddSlice(self.key_pred))
         return post
 
     def writer(self, data: dict[str, Any], extension: str | None = None, dtype: Any = None) -> tuple[Any, Any]:

@@ -239,6 +239,27 @@ def test_infer_2d_is_the_bundles_result(server: Server, tmp_path: Path) -> None:
     np.testing.assert_array_equal(got, want)
 
 
+def test_infer_2d_image_uploaded_as_slicer_does(server: Server, tmp_path: Path) -> None:
+    """Slicer uploads an image it opened itself as a single-slice NIfTI; the label comes back on its grid."""
+    import nibabel as nib
+
+    pixels = np.asarray(Image.open(server.studies / "isbi_01.png"))  # (H, W)
+    affine = np.diag([0.5, 0.5, 2.0, 1.0])
+    affine[:3, 3] = (10.0, -20.0, 5.0)
+    upload = tmp_path / "isbi_01_slice.nii.gz"
+    nib.save(nib.Nifti1Image(pixels.T[..., None], affine), upload)
+    client = server.client()
+    client.upload_image(str(upload), image_id="isbi_01_slice")
+
+    path, _ = client.infer("unet2d_membrane", "isbi_01_slice", {})
+    label, image = sitk.ReadImage(path), sitk.ReadImage(str(upload))
+    assert label.GetSize() == image.GetSize() == (pixels.shape[1], pixels.shape[0], 1)
+    np.testing.assert_allclose(label.GetSpacing(), image.GetSpacing())
+    np.testing.assert_allclose(label.GetOrigin(), image.GetOrigin())
+    np.testing.assert_allclose(label.GetDirection(), image.GetDirection())
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(label)[0], _infer_png(client, "isbi_01"))
+
+
 def test_8_concurrent_inferences_all_succeed(server: Server) -> None:
     jobs = [("unet2d_membrane", "isbi_01")] * 6 + [("unet3d_volume", "pgbm001")] * 2
     results: list = [None] * len(jobs)
