@@ -99,6 +99,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             dicom_seg=args.dicom_seg,
             large_threshold=args.large_threshold,
             large_format=args.large_format,
+            large_memory_mb=args.large_memory_mb,
             progress=not args.no_progress,
             overrides=_overrides(args.set),
         )
@@ -211,6 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("ome-tiff", "zarr"),
         default="ome-tiff",
         help="output of large TIFFs (default ome-tiff)",
+    )
+    p.add_argument(
+        "--large-memory-mb",
+        type=int,
+        default=192,
+        help="large TIFFs: cap tiles so their activations fit this many MiB (0: the bundle's tile size)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="bundle config overrides")

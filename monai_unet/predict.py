@@ -277,6 +277,7 @@ def predict(
     dicom_seg: bool = False,
     large_threshold: int = DEFAULT_LARGE_THRESHOLD,
     large_format: str = "ome-tiff",
+    large_memory_mb: int = 192,
     progress: bool = True,
     overrides: dict[str, Any] | None = None,
     stream: Any = None,
@@ -296,6 +297,8 @@ def predict(
         dicom_seg: also write a DICOM-SEG (``*_seg.dcm``) for DICOM inputs (needs highdicom).
         large_threshold: 2D TIFFs with more pixels than this are read and written tile by tile.
         large_format: output of the large path, ``"ome-tiff"`` or ``"zarr"``.
+        large_memory_mb: on the large path, tiles are capped so that their activations fit this many MiB
+            (``0``: the bundle's tile size); this bounds peak memory whatever the image size.
         progress: progress bars over inputs and tiles of large images.
         overrides: bundle config ids and values.
         stream: where messages and the summary go (default stdout).
@@ -324,6 +327,7 @@ def predict(
         "dicom_seg": dicom_seg,
         "large_threshold": int(large_threshold),
         "large_format": large_format,
+        "large_memory_mb": int(large_memory_mb),
         "progress": progress,
         "overwrite": overwrite,
     }

@@ -168,11 +168,35 @@ def predict_2d(runner: Any, item: Any, output_dir: Path, options: dict[str, Any]
     return written
 
 
+def _bounded_inferer(runner: Any, memory_mb: int, progress: bool) -> Any:
+    """A copy of the bundle's inferer with ``progress`` and, for ``memory_mb > 0``, tiles no larger than the
+    largest valid tile whose activations fit ``memory_mb`` (the result is the same for any tile size)."""
+    import copy
+
+    from monai_unet.inferers.overlap_tile import choose_tile_size
+    from monai_unet.inferers.tiling import size_rules_of
+
+    inferer = copy.copy(runner.inferer)
+    inferer.progress = progress
+    if memory_mb > 0 and hasattr(inferer, "tile_size"):
+        rules = size_rules_of(runner.network, getattr(inferer, "halo", None))
+        if rules.depth is not None:
+            cap = choose_tile_size(rules, runner.spatial_dims, memory_mb * 2**20, inferer.sw_batch_size)
+            tile = inferer.tile_size
+            if tile is None:
+                inferer.tile_size = cap
+            else:
+                tile = (tile,) * runner.spatial_dims if isinstance(tile, int) else tuple(tile)
+                inferer.tile_size = tuple(min(t, c) for t, c in zip(tile, cap))
+    return inferer
+
+
 def predict_large_tiff(runner: Any, item: Any, output_dir: Path, options: dict[str, Any]) -> list[Path]:
     """Segment a 2D TIFF larger than memory: lazy tiles in, tiles out (zarr), streamed to OME-TIFF.
 
     Preprocessing is re-expressed per tile (see :mod:`monai_unet.io.large_image`); the postprocessing must be
-    pointwise. Probabilities are not written on this path.
+    pointwise. Tiles are capped so that their activations fit ``options["large_memory_mb"]`` (default 192 MiB),
+    which bounds peak memory whatever the image size. Probabilities are not written on this path.
     """
     import zarr
 
@@ -202,17 +226,13 @@ def predict_large_tiff(runner: Any, item: Any, output_dir: Path, options: dict[s
         raise ValueError("the large-image path needs the bundle's inferer with overlap=0 (disjoint output tiles).")
     dtype = runner.output_dtype or np.uint8
     chunks = (min(1024, arr.shape[0]), min(1024, arr.shape[1]))
+    inferer = _bounded_inferer(runner, int(options.get("large_memory_mb") or 0), bool(options.get("progress")))
 
     def run_into(store: Path) -> Any:
         target = zarr.open_array(str(store), mode="w", shape=tuple(arr.shape), chunks=chunks, dtype=dtype)
         sink = TileSink(target, runner.out_channels, runner.run_tile_postprocessing)
-        before = getattr(runner.inferer, "progress", False)
-        runner.inferer.progress = bool(options.get("progress"))
-        try:
-            with torch.no_grad():
-                runner.inferer(LazyImage(arr, fn), runner.network, out=sink)
-        finally:
-            runner.inferer.progress = before
+        with torch.no_grad():
+            inferer(LazyImage(arr, fn), runner.network, out=sink)
         return target
 
     if options.get("large_format") == "zarr":
