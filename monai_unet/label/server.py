@@ -15,8 +15,12 @@ import shutil
 import signal
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from monai_unet.bundles import BUNDLE_NAMES, bundle_config, find_bundle
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "DEFAULT_APP_DIR",
@@ -60,31 +64,70 @@ def selected_models(models: str | Sequence[str] = "all") -> list[str]:
     return names
 
 
-def _initial_weights(folder: Path) -> None:
-    """Write the network's seeded initial weights to ``folder/models/model.pt`` (atomically), marked untrained."""
-    import torch
+def _network(folder: Path) -> torch.nn.Module:
+    """The bundle's ``network_def`` of ``inference.json`` (what the infer task builds)."""
     from monai.bundle import ConfigParser
-
-    from monai_unet.handlers.checkpoint import atomic_torch_save
 
     parser = ConfigParser()
     parser.read_config(str(bundle_config(folder, "inference")))
+    return parser.get_parsed_content("network_def", instantiate=True)
+
+
+def _check_weights(folder: Path, name: str, path: Path | None = None) -> None:
+    """Raise ``ValueError`` when ``path`` (default ``models/model.pt``) does not fit the bundle's network."""
+    import torch
+
+    path = folder / "models" / "model.pt" if path is None else path
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
+    want = {k: tuple(v.shape) for k, v in _network(folder).state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in state.items()} if isinstance(state, dict) else {}
+    if have != want:
+        diff = sorted(set(have.items()) ^ set(want.items()))[:4]
+        raise ValueError(
+            f"{path} does not fit the {name} network of {folder / 'configs' / 'inference.json'} (first differences: "
+            f"{diff}): give weights trained for this network (--model {name}=PATH), or delete the file to start "
+            f"from the initial weights."
+        )
+
+
+def _initial_weights(folder: Path) -> None:
+    """Write the network's seeded initial weights to ``folder/models/model.pt`` (atomically), marked untrained."""
+    import torch
+
+    from monai_unet.handlers.checkpoint import atomic_torch_save
+
     torch.manual_seed(0)
-    network = parser.get_parsed_content("network_def", instantiate=True)
+    network = _network(folder)
     (folder / "models").mkdir(parents=True, exist_ok=True)
     (folder / "models" / UNTRAINED_MARKER).write_text("initial weights written by monai_unet.label; train to replace\n")
     atomic_torch_save({"model": network.state_dict()}, folder / "models" / "model.pt")
 
 
-def ensure_bundle(folder: str | os.PathLike, name: str, source: str | os.PathLike | None = None) -> Path:
+def ensure_bundle(
+    folder: str | os.PathLike,
+    name: str,
+    source: str | os.PathLike | None = None,
+    weights: str | os.PathLike | None = None,
+) -> Path:
     """Make ``folder`` a servable copy of bundle ``name``: configs/docs/LICENSE from the bundle, weights kept.
 
     ``configs/`` is refreshed from the bundle (``source``, else :func:`monai_unet.bundles.find_bundle`) when the
-    bundle can be found, so an upgraded package serves its new configs; ``models/`` is never overwritten. A folder
-    without ``models/model.pt`` gets the network's initial weights (see :mod:`monai_unet.label.main`).
+    bundle can be found, so an upgraded package serves its new configs. ``models/model.pt`` is replaced only by
+    ``weights``; a folder without it gets the network's initial weights (see :mod:`monai_unet.label.main`).
+
+    Args:
+        folder: the bundle's folder in the app folder (``<app_dir>/model/<name>``).
+        name: the bundle name.
+        source: the bundle folder to copy from (default: found by name).
+        weights: a checkpoint to serve (copied to ``models/model.pt``; ``{"model": state_dict}`` or a state dict).
 
     Returns:
         The folder, resolved.
+
+    Raises:
+        FileNotFoundError: no such bundle and no copy in ``folder``; ``weights`` is not a file.
+        ValueError: the weights (given, or already in ``folder``) do not fit the bundle's network (names and shapes).
     """
     folder = Path(folder).resolve()
     try:
@@ -101,13 +144,26 @@ def ensure_bundle(folder: str | os.PathLike, name: str, source: str | os.PathLik
                 shutil.copytree(src / extra, folder / extra, dirs_exist_ok=True)
             elif (src / extra).is_file():
                 shutil.copy2(src / extra, folder / extra)
-    if not (folder / "models" / "model.pt").is_file():
+    model_pt = folder / "models" / "model.pt"
+    if weights is not None:
+        ckpt = Path(weights).expanduser()
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"--model {name}={ckpt}: no such checkpoint file.")
+        _check_weights(folder, name, ckpt)
+        model_pt.parent.mkdir(parents=True, exist_ok=True)
+        tmp = model_pt.with_name(".model.pt.copy")
+        shutil.copyfile(ckpt, tmp)
+        os.replace(tmp, model_pt)
+        (folder / "models" / UNTRAINED_MARKER).unlink(missing_ok=True)
+    elif not model_pt.is_file():
         _initial_weights(folder)
+    else:
+        _check_weights(folder, name)
     if (folder / "models" / UNTRAINED_MARKER).is_file():
         logger.warning(
-            f"{name}: serving the network's initial weights ({folder / 'models' / 'model.pt'}): results mean nothing "
-            f"until the model is trained from the datastore's labels (POST /train/{name}) or a trained model is "
-            f"given (monai-unet label --model {name}=PATH)."
+            f"{name}: serving the network's initial weights ({model_pt}): results mean nothing until the model is "
+            f"trained from the datastore's labels (POST /train/{name}) or a trained model is given "
+            f"(monai-unet label --model {name}=PATH)."
         )
     return folder
 
@@ -122,15 +178,15 @@ def prepare_app_dir(
     Args:
         app_dir: the folder (created if missing).
         models: ``"all"`` or the bundle names to serve.
-        weights: ``{bundle: checkpoint}`` to serve instead of what the folder holds (copied to
-            ``model/<bundle>/models/model.pt``), e.g. ``<work-dir>/models/model.pt`` of ``monai-unet train``.
+        weights: ``{bundle: checkpoint}`` to serve instead of what the folder holds (see :func:`ensure_bundle`),
+            e.g. ``<work-dir>/models/model.pt`` of ``monai-unet train``.
 
     Returns:
         The app folder, resolved.
 
     Raises:
         FileNotFoundError: a checkpoint in ``weights`` does not exist.
-        ValueError: an unknown bundle name.
+        ValueError: an unknown bundle name, or weights that do not fit a bundle's network.
     """
     app = Path(app_dir).expanduser().resolve()
     names = selected_models(models)
@@ -141,17 +197,7 @@ def prepare_app_dir(
     app.mkdir(parents=True, exist_ok=True)
     (app / "main.py").write_text(_MAIN_PY)
     for name in names:
-        folder = app / "model" / name
-        if name in weights:
-            ckpt = Path(weights[name]).expanduser()
-            if not ckpt.is_file():
-                raise FileNotFoundError(f"--model {name}={ckpt}: no such checkpoint file.")
-            (folder / "models").mkdir(parents=True, exist_ok=True)
-            tmp = folder / "models" / ".model.pt.copy"
-            shutil.copyfile(ckpt, tmp)
-            os.replace(tmp, folder / "models" / "model.pt")
-            (folder / "models" / UNTRAINED_MARKER).unlink(missing_ok=True)
-        ensure_bundle(folder, name)
+        ensure_bundle(app / "model" / name, name, weights=weights.get(name))
     return app
 
 

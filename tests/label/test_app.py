@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import nibabel as nib
@@ -82,17 +83,32 @@ def test_prepare_app_dir_initial_then_given_weights(tmp_path: Path) -> None:
     prepare_app_dir(app, "unet2d_membrane")  # a restart keeps the weights
     assert all(torch.equal(v, initial[k]) for k, v in torch.load(folder / "models" / "model.pt")["model"].items())
 
-    trained = {k: v + 1 for k, v in initial.items()}
+    trained = {k: v + 1 for k, v in initial.items()}  # the same network, other weights
     torch.save({"model": trained}, tmp_path / "trained.pt")
     prepare_app_dir(app, "unet2d_membrane", weights={"unet2d_membrane": tmp_path / "trained.pt"})
     served = torch.load(folder / "models" / "model.pt")["model"]
     assert all(torch.equal(v, trained[k]) for k, v in served.items())
     assert not (folder / "models" / UNTRAINED_MARKER).exists()
 
+    torch.save({"model": {k: v for k, v in trained.items() if "bias" not in k}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="does not fit the unet2d_membrane network"):
+        prepare_app_dir(app, "unet2d_membrane", weights={"unet2d_membrane": tmp_path / "other.pt"})
+    assert _sha1(folder / "models" / "model.pt") == _sha1(tmp_path / "trained.pt")  # still the good weights
+
+    # served weights that no longer fit (the bundle's network changed): refused at start, fixed by --model
+    (folder / "models" / "model.pt").write_bytes((tmp_path / "other.pt").read_bytes())
+    with pytest.raises(ValueError, match="does not fit"):
+        prepare_app_dir(app, "unet2d_membrane")
+    prepare_app_dir(app, "unet2d_membrane", weights={"unet2d_membrane": tmp_path / "trained.pt"})
+    assert _sha1(folder / "models" / "model.pt") == _sha1(tmp_path / "trained.pt")
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         prepare_app_dir(app, "unet2d_membrane", weights={"unet2d_membrane": tmp_path / "missing.pt"})
     with pytest.raises(ValueError, match="not served"):
         prepare_app_dir(app, "unet2d_membrane", weights={"unet3d_volume": tmp_path / "trained.pt"})
+
+
+def _sha1(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()
 
 
 def test_cli_label_listens_on_loopback_by_default() -> None:
