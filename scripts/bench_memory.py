@@ -19,6 +19,7 @@ Usage: ``python scripts/bench_memory.py`` (about 15 min on 2 CPU cores); ``--siz
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -64,7 +65,7 @@ def run_child(cmd: list[str], threads: int) -> tuple[float, float, int]:
     return usage.ru_maxrss / 1024.0, wall, code
 
 
-def make_checkpoint(path: Path) -> Path:
+def make_checkpoint(path: Path, features: list[int] | None) -> Path:
     import torch
     from monai.bundle import ConfigParser
 
@@ -72,6 +73,8 @@ def make_checkpoint(path: Path) -> Path:
 
     parser = ConfigParser()
     parser.read_config(str(bundle_config(find_bundle(BUNDLE), "inference")))
+    if features:
+        parser["features"] = features
     torch.manual_seed(0)
     torch.save(parser.get_parsed_content("network_def").state_dict(), path)
     return path
@@ -87,6 +90,8 @@ from monai_unet.bundles import bundle_config, find_bundle
 torch.set_num_threads({threads})
 p = ConfigParser(); p.read_config(str(bundle_config(find_bundle("{bundle}"), "inference")))
 p["network_def"]["padding"] = "same"
+if {features}:
+    p["features"] = {features}
 net = p.get_parsed_content("network_def").eval()
 crop = tifffile.imread(sys.argv[1], aszarr=False)[:{crop}, :{crop}]
 x = torch.from_numpy(crop.T.astype(np.float32) / 255.0)[None, None]
@@ -97,7 +102,9 @@ print(tuple(y.shape))
 """
 
 
-def crop_check(image: Path, output: Path, checkpoint: Path, size: int, crop: int) -> tuple[float, int]:
+def crop_check(
+    image: Path, output: Path, checkpoint: Path, size: int, crop: int, features: list[int] | None
+) -> tuple[float, int]:
     """Fraction of interior crop pixels where the bundle's in-memory result equals the tiled output."""
     import tifffile
     import torch
@@ -107,7 +114,9 @@ def crop_check(image: Path, output: Path, checkpoint: Path, size: int, crop: int
     from monai_unet.networks.sizes import halo_1d
     from monai_unet.predict_runner import BundleRunner
 
-    runner = BundleRunner(BUNDLE, checkpoint=checkpoint, device="cpu")
+    runner = BundleRunner(
+        BUNDLE, checkpoint=checkpoint, device="cpu", overrides={"features": features} if features else None
+    )
     halo = halo_1d(runner.network.n_pool, runner.network.padding)
     off = max(0, (size // 2 - crop // 2) // TILE * TILE)  # on the pooling grid and on the TIFF's tiles
     with tifffile.TiffFile(image) as tf:
@@ -130,12 +139,18 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--crop", type=int, default=1024, help="crop size of the equality check")
     ap.add_argument("--swi-crop", type=int, default=4096, help="crop for MONAI's SlidingWindowInferer peak")
+    ap.add_argument("--features", type=int, nargs="+", default=None, help="override the bundle's features")
     args = ap.parse_args()
     sizes = [args.size // 4, args.size // 2, args.size] if args.size else sorted(args.sizes)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_memory_"))
     work.mkdir(parents=True, exist_ok=True)
-    ckpt = Path(args.checkpoint) if args.checkpoint else make_checkpoint(work / "model.pt")
-    print(f"work dir {work}; network: {BUNDLE} bundle, checkpoint {ckpt}; {args.threads} threads")
+    tag = "" if not args.features else "_f" + "-".join(map(str, args.features))
+    ckpt = Path(args.checkpoint) if args.checkpoint else make_checkpoint(work / f"model{tag}.pt", args.features)
+    extra = ["--set", f"features={json.dumps(args.features)}"] if args.features else []
+    print(
+        f"work dir {work}; network: {BUNDLE} bundle, features {args.features or 'of the bundle'}; "
+        f"{args.threads} threads"
+    )
 
     floor, _, _ = run_child([sys.executable, "-c", IMPORT_ONLY], args.threads)
     rows = []
@@ -145,24 +160,28 @@ def main() -> int:
             t0 = time.perf_counter()
             write_tiff(img, size)
             print(f"wrote {img} ({size}x{size}, {time.perf_counter() - t0:.0f} s)", flush=True)
-        out = work / f"out{size}"
+        out = work / f"out{size}{tag}"
         cmd = [sys.executable, "-m", "monai_unet.cli", "predict", "--bundle", BUNDLE, "--checkpoint", str(ckpt),
                "--input", str(img), "--output", str(out), "--large-threshold", "0", "--device", "cpu",
-               "--no-progress", "--overwrite"]  # fmt: skip
+               "--no-progress", "--overwrite", *extra]  # fmt: skip
         rss, wall, code = run_child(cmd, args.threads)
         rows.append((size, rss, wall, code))
         print(f"  {size:>6}^2  peak RSS {rss:7.0f} MB  wall {wall:7.1f} s  exit {code}", flush=True)
 
     largest = sizes[-1]
     swi_crop = min(args.swi_crop, largest)
+    child = SWI_CHILD.format(threads=args.threads, bundle=BUNDLE, crop=swi_crop, features=args.features)
     swi_rss, swi_wall, swi_code = run_child(
-        [sys.executable, "-c", SWI_CHILD.format(threads=args.threads, bundle=BUNDLE, crop=swi_crop),
-         str(work / f"img{largest}.tif")],
-        args.threads,
-    )  # fmt: skip
+        [sys.executable, "-c", child, str(work / f"img{largest}.tif")], args.threads
+    )
     scaled = floor + (swi_rss - floor) * (largest / swi_crop) ** 2
     same, halo = crop_check(
-        work / f"img{largest}.tif", work / f"out{largest}" / f"img{largest}_seg.ome.tif", ckpt, largest, args.crop
+        work / f"img{largest}.tif",
+        work / f"out{largest}{tag}" / f"img{largest}_seg.ome.tif",
+        ckpt,
+        largest,
+        args.crop,
+        args.features,
     )
 
     print()
