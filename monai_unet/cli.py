@@ -50,7 +50,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from monai_unet.bundles import run_bundle
-    from monai_unet.data import default_validation_indices, membrane_datalist
+    from monai_unet.data import make_datalists, prepare_dataset
 
     work = Path(args.work_dir).resolve()
     overrides = {} if args.max_epochs is None else {"max_epochs": args.max_epochs}
@@ -59,8 +59,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     print(f"[1/2] training the 2D U-Net bundle on the embedded synthetic EM dataset in {work}", flush=True)
     run_bundle("unet2d_membrane", "training", ["train"], bundle_root=work, **overrides)
 
-    items = membrane_datalist(work / "data" / "synthetic_em")
-    val = [items[i] for i in default_validation_indices(len(items))]
+    val = make_datalists(prepare_dataset(None, "membrane", work / "data"), "membrane")["validation"]
     out_dir = work / "predictions"
     print(f"[2/2] segmenting {len(val)} held-out image(s) with {work / 'models' / 'model.pt'}", flush=True)
     run_bundle(
