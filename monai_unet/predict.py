@@ -240,15 +240,15 @@ def predict_one(runner: Any, item: InputItem, output_dir: Path, options: dict[st
     Raises:
         Exception: anything that goes wrong, with a message naming what is wrong.
     """
-    from monai_unet import predict_formats as predict_io
+    from monai_unet import predict_formats
 
     if item.kind == "invalid":
         raise ValueError(item.error)
     if item.path.is_file() and item.path.stat().st_size == 0:
         raise ValueError("empty file (0 bytes).")
     if item.kind in ("volume", "dicom"):
-        return predict_io.predict_volume(runner, item, output_dir, options)
-    return predict_io.predict_2d(runner, item, output_dir, options)
+        return predict_formats.predict_volume(runner, item, output_dir, options)
+    return predict_formats.predict_2d(runner, item, output_dir, options)
 
 
 def _table(results: Sequence[Result]) -> str:
@@ -310,6 +310,7 @@ def predict(
     """
     from tqdm.auto import tqdm
 
+    from monai_unet import predict_formats
     from monai_unet.io.atomic import clean_stale_temporaries
     from monai_unet.predict_runner import BundleRunner
 
@@ -337,7 +338,7 @@ def predict(
     print(f"segmenting {len(items)} input(s){shard_note} with {runner.bundle.name} into {output_dir}", file=stream)
 
     previous = None
-    if threading_main():
+    if _in_main_thread():
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     results: list[Result] = []
     bar = tqdm(items, desc="inputs", unit="input", disable=not progress, file=sys.stderr)
@@ -345,9 +346,8 @@ def predict(
         for item in bar:
             t0 = time.perf_counter()
             try:
-                from monai_unet import predict_formats as predict_io
-
-                opts = dict(options, large=item.kind == "tiff" and predict_io.is_large_tiff(item.path, large_threshold))
+                large = item.kind == "tiff" and predict_formats.is_large_tiff(item.path, large_threshold)
+                opts = dict(options, large=large)
                 outs = output_paths(item, output_dir, opts)
                 if item.kind != "invalid" and not overwrite and all(p.exists() for p in outs):
                     results.append(Result(item.key, "skipped", outs))
@@ -358,6 +358,10 @@ def predict(
                 reason = _first_line(e)
                 results.append(Result(item.key, "failed", reason=reason, seconds=time.perf_counter() - t0))
                 tqdm.write(f"FAILED {item.key}: {reason}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(_table(results), file=stream)
+        print("interrupted: finished outputs are kept; run the same command to resume.", file=stream, flush=True)
+        raise
     finally:
         bar.close()
         if previous is not None:
@@ -366,7 +370,7 @@ def predict(
     return results
 
 
-def threading_main() -> bool:
+def _in_main_thread() -> bool:
     """Whether this is the main thread (only it may install signal handlers)."""
     import threading
 

@@ -53,8 +53,12 @@ def test_rerun_skips_finished_inputs_and_overwrite_redoes_them(runners, pngs, tm
     assert third[0].status == "done" and mtimes(tmp_path)["img0_seg.png"] != before["img0_seg.png"]
 
 
-def test_killed_batch_resumes(checkpoints, runners, pngs, tmp_path):
-    """Kill a running batch (SIGKILL) after its first output; the rerun keeps those outputs and does the rest."""
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_batch_resumes(checkpoints, runners, pngs, tmp_path, sig):
+    """Kill a running batch after its first output; the rerun keeps those outputs and does the rest.
+
+    SIGKILL may leave a hidden temporary (removed by the rerun); SIGTERM ends the batch cleanly (exit 130).
+    """
     out = tmp_path / "out"
     cmd = [
         sys.executable,
@@ -76,15 +80,18 @@ def test_killed_batch_resumes(checkpoints, runners, pngs, tmp_path):
         str(out),
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
     try:
         deadline = time.monotonic() + 300
         while not mtimes(out) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
+        proc.send_signal(sig)
     finally:
-        proc.wait()
+        stdout, _ = proc.communicate()
     done_before = mtimes(out)
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 130 and "run the same command to resume" in stdout
+        assert not [p for p in out.rglob("*") if is_temporary(p)]
     assert 1 <= len(done_before) < 8, done_before
     for name in done_before:  # what exists is complete
         assert np.asarray(Image.open(out / name)).shape == (120, 100)
