@@ -64,7 +64,7 @@ def test_failed_save_keeps_previous_file(tmp_path: Path, monkeypatch: pytest.Mon
     atomic_torch_save({"step": 1}, path)
 
     def broken_save(obj, f, *args, **kwargs):
-        f.write(b"half a checkpoint")
+        Path(f).write_bytes(b"half a checkpoint")
         raise KeyboardInterrupt  # a Ctrl-C in the middle of writing
 
     monkeypatch.setattr(torch, "save", broken_save)
