@@ -201,7 +201,13 @@ def predict_large_tiff(runner: Any, item: Any, output_dir: Path, options: dict[s
     import zarr
 
     from monai_unet.io.atomic import atomic_output, scratch_path
-    from monai_unet.io.large_image import LazyImage, TileSink, open_tiff_lazily, pointwise_preprocessing
+    from monai_unet.io.large_image import (
+        LazyImage,
+        TileSink,
+        limit_heap_fragmentation,
+        open_tiff_lazily,
+        pointwise_preprocessing,
+    )
     from monai_unet.io.writers import write_ome_tiff_from_array
     from monai_unet.predict import output_paths
 
@@ -227,6 +233,7 @@ def predict_large_tiff(runner: Any, item: Any, output_dir: Path, options: dict[s
     dtype = runner.output_dtype or np.uint8
     chunks = (min(1024, arr.shape[0]), min(1024, arr.shape[1]))
     inferer = _bounded_inferer(runner, int(options.get("large_memory_mb") or 0), bool(options.get("progress")))
+    limit_heap_fragmentation()
 
     def run_into(store: Path) -> Any:
         target = zarr.open_array(str(store), mode="w", shape=tuple(arr.shape), chunks=chunks, dtype=dtype)
