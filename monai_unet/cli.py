@@ -61,7 +61,10 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 
     val = make_datalists(prepare_dataset(None, "membrane", work / "data"), "membrane")["validation"]
     out_dir = work / "predictions"
-    print(f"[2/2] segmenting {len(val)} held-out image(s) with {work / 'models' / 'model.pt'}", flush=True)
+    # the best validated model; the last weights when training stopped before its first validation
+    ckpt = work / "models" / "model.pt"
+    ckpt = ckpt if ckpt.is_file() else work / "models" / "model_final.pt"
+    print(f"[2/2] segmenting {len(val)} held-out image(s) with {ckpt}", flush=True)
     run_bundle(
         "unet2d_membrane",
         "run",
@@ -69,6 +72,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
         bundle_root=work,
         datalist=[str(d["image"]) for d in val],
         output_dir=str(out_dir),
+        ckpt_path=str(ckpt),
         **({"device": overrides["device"]} if "device" in overrides else {}),
     )
     scores = []
