@@ -67,7 +67,8 @@ def test_memmap_in_memmap_out(tmp_path) -> None:
 @pytest.mark.parametrize("overlap", [0.0, 0.5])
 @pytest.mark.parametrize("layout", ["CS", "S"])
 def test_zarr_in_zarr_out(tmp_path, overlap: float, layout: str) -> None:
-    zarr = pytest.importorskip("zarr")
+    import zarr
+
     rng = np.random.default_rng(2)
     image = rng.standard_normal((70, 91)).astype(np.float32)
     shape_in = (1, 70, 91) if layout == "CS" else (70, 91)
@@ -82,8 +83,9 @@ def test_zarr_in_zarr_out(tmp_path, overlap: float, layout: str) -> None:
 
 
 def test_tifffile_zarr_store(tmp_path) -> None:
-    tifffile = pytest.importorskip("tifffile")
-    zarr = pytest.importorskip("zarr")
+    import tifffile
+    import zarr
+
     image = np.random.default_rng(3).integers(0, 255, (130, 101), dtype=np.uint8)
     tifffile.imwrite(tmp_path / "img.tif", image, tile=(64, 64))
     with tifffile.imread(tmp_path / "img.tif", aszarr=True) as store:

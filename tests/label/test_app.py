@@ -119,7 +119,6 @@ def test_cli_label_listens_on_loopback_by_default() -> None:
 
 
 def test_2d_train_task_reads_any_2d_file_and_both_label_conventions(tmp_path: Path) -> None:
-    pytest.importorskip("monailabel", reason='needs the label extra: pip install "monai-unet[label]"')
     from monai.bundle import ConfigParser
 
     from monai_unet.label.trainers import UNetTrainTask
@@ -138,7 +137,6 @@ def test_2d_train_task_reads_any_2d_file_and_both_label_conventions(tmp_path: Pa
 
 
 def test_2d_train_task_notices_a_changed_bundle_config(tmp_path: Path) -> None:
-    pytest.importorskip("monailabel", reason='needs the label extra: pip install "monai-unet[label]"')
     from monai_unet.label.trainers import UNetTrainTask
 
     app = prepare_app_dir(tmp_path / "app", "unet2d_membrane")
@@ -151,7 +149,6 @@ def test_2d_train_task_notices_a_changed_bundle_config(tmp_path: Path) -> None:
 
 
 def test_infer_task_refuses_an_image_of_the_other_dimension(tmp_path: Path) -> None:
-    pytest.importorskip("monailabel", reason='needs the label extra: pip install "monai-unet[label]"')
     from monai_unet.label.infers import UNetInferTask
 
     app = prepare_app_dir(tmp_path / "app", "unet3d_volume")

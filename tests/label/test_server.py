@@ -20,11 +20,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
-
-pytest.importorskip("monailabel", reason='the MONAI Label app needs the label extra: pip install "monai-unet[label]"')
-
 import psutil
+import pytest
 import SimpleITK as sitk
 from monailabel.client import MONAILabelClient
 from PIL import Image
