@@ -11,9 +11,10 @@ time are reported, beside the RSS of a child that only imports the same modules 
 - MONAI's ``SlidingWindowInferer`` (roi 512, overlap 0.25, gaussian, on the ``padding="same"`` twin) on a
   4096x4096 crop held in memory, its peak RSS, and that peak scaled (above the import floor) to the largest size.
 
-Usage: ``python scripts/bench_memory.py`` (about 15 min on 2 CPU cores); ``--size 2048`` for a quick check
-(sizes 512, 1024, 2048). The network is the 2D bundle's (features 16..256) with seeded random weights unless
-``--checkpoint`` is given: memory and time do not depend on the weights.
+Usage: ``python scripts/bench_memory.py`` (the bundle's network, 4096/8192/16384: about 45 min on 2 CPU cores);
+``--features 8 16 32 64 128 --sizes 4096 16384`` (a narrower network, about 15 min); ``--size 2048`` for a quick
+check (sizes 512, 1024, 2048). The network is the 2D bundle's (features 16..256) with seeded random weights unless
+``--checkpoint`` is given: memory and time do not depend on the weights. "MB" in the table are MiB (2**20 bytes).
 """
 
 from __future__ import annotations
