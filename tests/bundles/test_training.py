@@ -60,9 +60,31 @@ def test_2d_inference_segments_held_out_image(trained_2d: tuple[Path, str], tmp_
         assert 2 * (p & t).sum() / (p.sum() + t.sum()) > 0.6
 
 
+def _export_and_compare(bundle: str, ckpt: Path, tmp_path: Path, shape: tuple[int, ...]) -> None:
+    from monai.bundle import ConfigParser, ckpt_export
+
+    cfg = BUNDLES / bundle / "configs"
+    ts = tmp_path / f"{bundle}.ts"
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(ts),
+        ckpt_file=str(ckpt),
+        meta_file=str(cfg / "metadata.json"),
+        config_file=str(cfg / "inference.json"),
+    )
+    exported = torch.jit.load(str(ts)).eval()
+    parser = ConfigParser()
+    parser.read_config(str(cfg / "inference.json"))
+    net = parser.get_parsed_content("network_def").eval()
+    net.load_state_dict(torch.load(ckpt, weights_only=True))
+    x = torch.rand(1, 1, *shape)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x), net(x), rtol=1e-5, atol=1e-5)
+
+
 def test_verify_net_in_out_and_export(trained_2d: tuple[Path, str], tmp_path: Path) -> None:
     """verify_net_in_out passes for both bundles; the TorchScript export gives the checkpoint's output."""
-    from monai.bundle import ConfigParser, ckpt_export, verify_net_in_out
+    from monai.bundle import ConfigParser, verify_net_in_out
 
     for bundle in ("unet2d_membrane", "unet3d_volume"):
         cfg = BUNDLES / bundle / "configs"
@@ -74,23 +96,13 @@ def test_verify_net_in_out_and_export(trained_2d: tuple[Path, str], tmp_path: Pa
             n=2,
         )
     root, _ = trained_2d
-    cfg = BUNDLES / "unet2d_membrane" / "configs"
-    ts = tmp_path / "model.ts"
-    ckpt_export(
-        net_id="network_def",
-        filepath=str(ts),
-        ckpt_file=str(root / "models" / "model.pt"),
-        meta_file=str(cfg / "metadata.json"),
-        config_file=str(cfg / "inference.json"),
-    )
-    exported = torch.jit.load(str(ts)).eval()
+    _export_and_compare("unet2d_membrane", root / "models" / "model.pt", tmp_path, (204, 220))
+    # the 3D bundle: a checkpoint of its network (weights as training writes them)
     parser = ConfigParser()
-    parser.read_config(str(cfg / "inference.json"))
-    net = parser.get_parsed_content("network_def").eval()
-    net.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
-    x = torch.rand(1, 1, 204, 220)
-    with torch.no_grad():
-        torch.testing.assert_close(exported(x), net(x), rtol=1e-5, atol=1e-5)
+    parser.read_config(str(BUNDLES / "unet3d_volume" / "configs" / "inference.json"))
+    torch.manual_seed(3)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "model3d.pt")
+    _export_and_compare("unet3d_volume", tmp_path / "model3d.pt", tmp_path, (48, 52, 44))
 
 
 def test_3d_default_learns(tmp_path: Path) -> None:
