@@ -190,3 +190,15 @@ def test_mlflow_tracking_offline(tiny_em: Path, tmp_path: Path) -> None:
     client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{db}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert runs and "train_loss" in runs[0].data.metrics
+
+
+def test_2d_evaluate_config(trained_2d: tuple[Path, str]) -> None:
+    """train.json + evaluate.json scores models/model.pt on the validation images and saves the metrics."""
+    root, _ = trained_2d
+    cmd = bundle_cmd("unet2d_membrane", "run", "evaluating", configs=("train", "evaluate"))
+    cmd += ["--bundle_root", str(root)]
+    proc = run_cmd(cmd, cwd=BUNDLES / "unet2d_membrane")
+    assert "val_mean_dice" in proc.stdout + proc.stderr
+    metrics = dict(line.split(",") for line in (root / "eval" / "metrics.csv").read_text().split())
+    assert float(metrics["val_mean_dice"]) > 0.6
+    assert 0.0 <= float(metrics["val_pixel_error"]) < 0.2
