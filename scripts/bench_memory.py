@@ -84,7 +84,7 @@ def make_checkpoint(path: Path, features: list[int] | None) -> Path:
 IMPORT_ONLY = "import torch, monai, zarr, tifffile; import monai_unet.predict, monai_unet.predict_runner"
 
 SWI_CHILD = """
-import sys, numpy as np, torch, tifffile
+import sys, numpy as np, torch, tifffile, zarr
 from monai.bundle import ConfigParser
 from monai.inferers import SlidingWindowInferer
 from monai_unet.bundles import bundle_config, find_bundle
@@ -94,7 +94,7 @@ p["network_def"]["padding"] = "same"
 if {features}:
     p["features"] = {features}
 net = p.get_parsed_content("network_def").eval()
-crop = tifffile.imread(sys.argv[1], aszarr=False)[:{crop}, :{crop}]
+crop = np.asarray(zarr.open(tifffile.imread(sys.argv[1], aszarr=True), mode="r")[:{crop}, :{crop}])  # the crop only
 x = torch.from_numpy(crop.T.astype(np.float32) / 255.0)[None, None]
 del crop
 with torch.no_grad():
