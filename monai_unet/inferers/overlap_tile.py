@@ -17,7 +17,6 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
@@ -34,6 +33,7 @@ from monai_unet.inferers.tiling import (
     estimate_activation_bytes,
     estimate_flops,
     gaussian_weights_1d,
+    per_axis,
     plan_axis,
     reflect_indices,
     size_rules_of,
@@ -50,17 +50,6 @@ DEFAULT_MEMORY_BUDGET = 2 * 2**30
 
 
 # ---- settings ----------------------------------------------------------------------------------------------------
-
-
-def _per_axis(value: int | Sequence[int], dims: int, name: str) -> tuple[int, ...]:
-    if isinstance(value, (int, np.integer)):
-        return (int(value),) * dims
-    t = tuple(int(v) for v in value)
-    if len(t) == 1:
-        return t * dims
-    if len(t) != dims:
-        raise ValueError(f"{name} needs one value or {dims} (one per spatial axis), got {t}.")
-    return t
 
 
 def _check_tile(tile: tuple[int, ...], rules: SizeRules) -> None:
@@ -231,7 +220,7 @@ def overlap_tile_inference(
 
     # tile size: given, or from a memory budget
     if tile_size is not None:
-        tile = _per_axis(tile_size, dims, "tile_size")
+        tile = per_axis(tile_size, dims, "tile_size")
         _check_tile(tile, rules)
     elif rules.depth is not None:
         if memory_budget is None:
@@ -249,7 +238,7 @@ def overlap_tile_inference(
         hal = _probe_halo(network, tile, chans, sw_device, net_dtype)
         rules = dataclasses.replace(rules, halo=hal, align=1 if max(hal) == 0 else UNKNOWN_ALIGN)
     else:
-        hal = _per_axis(rules.halo, dims, "halo")
+        hal = per_axis(rules.halo, dims, "halo")
     if len(hal) != dims:
         raise ValueError(f"halo has {len(hal)} values but the image has {dims} spatial dimensions.")
 

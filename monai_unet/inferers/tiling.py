@@ -12,10 +12,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
-from monai_unet.networks.sizes import halo_1d, output_size_1d, smallest_valid_size_1d
+from monai_unet.networks.sizes import halo_1d, output_size_1d, smallest_valid_size_1d, valid_sizes_1d
 
 __all__ = [
     "AxisPlan",
@@ -72,8 +73,7 @@ class SizeRules:
     def valid_sizes(self, max_size: int) -> list[int]:
         """Valid tile lengths up to ``max_size`` (ascending), from the network's size rules."""
         assert self.depth is not None
-        first = smallest_valid_size_1d(self.depth, self.padding)
-        return list(range(first, max_size + 1, 1 << self.depth))
+        return valid_sizes_1d(max_size, self.depth, self.padding)
 
     def smallest_valid(self) -> int:
         assert self.depth is not None
@@ -92,7 +92,7 @@ def size_rules_of(network: object, halo: int | Sequence[int] | None = None) -> S
     if isinstance(depth, int) and padding in ("valid", "same") and dims in (2, 3):
         own = (halo_1d(depth, padding),) * dims
         if halo is not None:
-            given = _per_axis(halo, dims, "halo")
+            given = per_axis(halo, dims, "halo")
             if given != own:
                 raise ValueError(
                     f"halo={given} was given, but the network's size rules say its halo is {own}; "
@@ -119,8 +119,9 @@ def size_rules_of(network: object, halo: int | Sequence[int] | None = None) -> S
     return SizeRules(spatial_dims=len(h) if len(h) > 1 else None, halo=h, align=1 if max(h) == 0 else UNKNOWN_ALIGN)
 
 
-def _per_axis(value: int | Sequence[int], dims: int, name: str) -> tuple[int, ...]:
-    if isinstance(value, int):
+def per_axis(value: int | Sequence[int], dims: int, name: str) -> tuple[int, ...]:
+    """One value per spatial axis from one value or a sequence (``ValueError`` naming ``name`` otherwise)."""
+    if isinstance(value, (int, np.integer)):
         return (int(value),) * dims
     out = tuple(int(v) for v in value)
     if len(out) == 1:

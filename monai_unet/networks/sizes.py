@@ -86,3 +86,11 @@ def nearest_valid_sizes_1d(size: int, depth: int, padding: str = "valid") -> tup
     below = s0 + k * step
     above = below if below == size else below + step
     return below, above
+
+
+def valid_sizes_1d(max_size: int, depth: int, padding: str = "valid", min_size: int = 1) -> list[int]:
+    """All valid input lengths of one axis in ``[min_size, max_size]``, ascending (step ``2 ** depth``)."""
+    first = smallest_valid_size_1d(depth, padding)
+    step = 1 << depth
+    start = first if min_size <= first else first + -(-(min_size - first) // step) * step
+    return list(range(start, max_size + 1, step))

@@ -17,6 +17,7 @@ from monai_unet.networks.sizes import (
     nearest_valid_sizes_1d,
     output_size_1d,
     smallest_valid_size_1d,
+    valid_sizes_1d,
 )
 
 __all__ = ["UNet"]
@@ -241,10 +242,7 @@ class UNet(nn.Module):
 
     def valid_sizes(self, max_size: int, min_size: int = 1) -> list[int]:
         """All valid input lengths of one axis in ``[min_size, max_size]`` (the same rule holds on every axis)."""
-        first = smallest_valid_size_1d(self.n_pool, self.padding)
-        step = 1 << self.n_pool
-        start = first if min_size <= first else first + -(-(min_size - first) // step) * step
-        return list(range(start, max_size + 1, step))
+        return valid_sizes_1d(max_size, self.n_pool, self.padding, min_size)
 
     # ---- forward ------------------------------------------------------------------------------------------------
 
