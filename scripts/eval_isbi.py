@@ -1,0 +1,230 @@
+"""Benchmark B5: train the 2D bundle on ISBI 2012 sections 00-15, evaluate on 16-19 (the paper's task).
+
+Trains ``bundles/unet2d_membrane`` with ``configs/train.json`` + ``configs/isbi2012.json`` (the tuned recipe) on
+the first 16 sections of ``../shared/data/isbi2012``, then segments the held-out sections 16-19 with
+overlap-tile inference using the *final* weights (the held-out sections are never used to pick a checkpoint),
+and prints pixel error, Rand error, membrane Dice, training wall time and iterations. Rand error is
+reported twice: on the connected cell components of the thresholded map (the bundle's metric: predicted membrane
+inside a true cell counts as one extra segment, so thick predicted membranes cost as much as merges), and after
+growing the predicted cells over the predicted membrane (each membrane pixel joins its nearest cell), which
+counts only merges and splits.
+
+Usage:
+    python scripts/eval_isbi.py                              # train (~40 min on 2 CPU cores), then evaluate
+    python scripts/eval_isbi.py --evaluate-only              # evaluate the weights of an earlier run
+    python scripts/eval_isbi.py --no-skips --out-dir runs/isbi2012_noskip   # the ablation (B6)
+    python scripts/eval_isbi.py --set max_epochs=2           # any bundle config override
+
+Writes ``<out-dir>/results.json`` (metrics, per-section numbers, settings, timing) and
+``<out-dir>/probabilities.npy`` (membrane probability of each held-out section, for figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy import ndimage as ndi
+from skimage.metrics import adapted_rand_error
+from skimage.segmentation import expand_labels
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "isbi2012"
+TRAIN_SECTIONS = list(range(16))
+TEST_SECTIONS = [16, 17, 18, 19]
+PAPER = {"rand_error": 0.0382, "pixel_error": 0.0611}
+GOAL = {"rand_error": 0.06, "pixel_error": 0.08, "minutes": 45.0}
+
+
+def parse_value(text: str):
+    """A ``--set`` value: JSON when it parses (numbers, lists, true/false/null), the raw string otherwise."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def bundle_overrides(args: argparse.Namespace) -> dict:
+    overrides = {"seed": args.seed, "val_indices": TEST_SECTIONS}
+    if args.no_skips:
+        overrides["network_def#skip_connections"] = False
+    for pair in args.set:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects KEY=VALUE, got {pair!r}")
+        overrides[key] = parse_value(value)
+    if args.device is not None:
+        overrides["device"] = f"$torch.device('{args.device}')"
+    return overrides
+
+
+def load_config(overrides: dict, configs: list[str]):
+    from monai.bundle import ConfigParser
+
+    from monai_unet.bundles import bundle_config, find_bundle
+
+    bundle = find_bundle("unet2d_membrane")
+    parser = ConfigParser()
+    parser.read_config([str(bundle_config(bundle, c)) for c in configs])
+    parser.update({k: v for k, v in overrides.items() if k not in ("val_indices",)})
+    return parser
+
+
+def train(out_dir: Path, data_dir: Path, overrides: dict, configs: list[str]) -> tuple[float, int]:
+    """Run the bundle's ``training``; returns (wall seconds, iterations run by the final checkpoint)."""
+    from monai_unet.bundles import run_bundle
+
+    start = time.perf_counter()
+    run_bundle("unet2d_membrane", "training", configs, bundle_root=out_dir, dataset_dir=str(data_dir), **overrides)
+    wall = time.perf_counter() - start
+    state = torch.load(out_dir / "models" / "checkpoint.pt", map_location="cpu", weights_only=False)
+    return wall, int(state["trainer"]["iteration"])
+
+
+def read_section(folder: Path, index: int) -> np.ndarray:
+    matches = sorted(folder.glob(f"*_{index:02d}.*"))
+    if not matches:
+        raise FileNotFoundError(f"no section {index:02d} in {folder} (expected a file like train_{index:02d}.png)")
+    return np.asarray(Image.open(matches[0]), dtype=np.float32)
+
+
+def membrane_probabilities(network, image: np.ndarray, tile_size, tta: bool, device: torch.device) -> np.ndarray:
+    """Overlap-tile inference of one section: (H, W) float membrane probability (class 1 of the softmax)."""
+    from monai_unet.inferers import OverlapTileInferer
+
+    x = (image - image.min()) / max(float(image.max() - image.min()), 1e-8)  # the bundle's ScaleIntensityd
+    x = torch.from_numpy(x)[None, None].to(device)
+    inferer = OverlapTileInferer(tile_size=tile_size, tta=tta)
+    with torch.no_grad():
+        out = inferer(x, network)
+    if tta:  # the inferer averages probabilities when it flips
+        return out[0, 1].cpu().numpy()
+    return torch.softmax(out, dim=1)[0, 1].cpu().numpy()
+
+
+def score(prob: np.ndarray, label_raw: np.ndarray) -> dict[str, float]:
+    """Pixel error, Rand error (cell-interior components) and membrane Dice of one section at p > 0.5."""
+    from monai_unet.data import isbi_membrane_label
+    from monai_unet.metrics import compute_pixel_error, compute_rand_error
+
+    pred = torch.from_numpy((prob > 0.5).astype(np.float32))[None, None]
+    true = torch.from_numpy(np.asarray(isbi_membrane_label(label_raw), dtype=np.float32))[None, None]
+    inter = float((pred * true).sum())
+    dice = 2.0 * inter / max(float(pred.sum() + true.sum()), 1.0)
+    # the same Rand error after growing the predicted cells over the predicted membrane (each membrane pixel joins
+    # the nearest cell): only merges and splits count, not how thick the predicted membrane is
+    true_ids, _ = ndi.label(label_raw >= 128)
+    cells, _ = ndi.label(prob <= 0.5)
+    grown = expand_labels(cells, distance=max(prob.shape))
+    return {
+        "pixel_error": float(compute_pixel_error(pred, true)[0, 0]),
+        "rand_error": float(compute_rand_error(pred, true)[0, 0]),
+        "rand_error_grown": float(adapted_rand_error(true_ids, grown, ignore_labels=(0,))[0]),
+        "dice": dice,
+    }
+
+
+def evaluate(out_dir: Path, data_dir: Path, overrides: dict, configs: list[str], weights: Path, tta: bool) -> dict:
+    parser = load_config(overrides, configs)
+    device = parser.get_parsed_content("device")
+    network = parser.get_parsed_content("network_def").to(device)
+    network.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
+    network.eval()
+    tile = parser.get_parsed_content("infer_tile_size")
+    per_section, probs = {}, []
+    start = time.perf_counter()
+    for index in TEST_SECTIONS:
+        image = read_section(data_dir / "images", index)
+        label = read_section(data_dir / "labels", index)
+        prob = membrane_probabilities(network, image, tile, tta, device)
+        probs.append(prob.astype(np.float16))
+        per_section[f"{index:02d}"] = score(prob, label)
+        print(f"  section {index:02d}: " + "  ".join(f"{k} {v:.4f}" for k, v in per_section[f"{index:02d}"].items()))
+    infer_seconds = time.perf_counter() - start
+    tmp = out_dir / ".probabilities.npy.tmp"
+    with open(tmp, "wb") as f:
+        np.save(f, np.stack(probs))
+    os.replace(tmp, out_dir / "probabilities.npy")
+    mean = {k: float(np.mean([s[k] for s in per_section.values()])) for k in next(iter(per_section.values()))}
+    return {"mean": mean, "per_section": per_section, "inference_seconds": infer_seconds, "tta": tta}
+
+
+def write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="ISBI 2012 folder (images/, labels/)")
+    p.add_argument("--out-dir", type=Path, default=REPO / "runs" / "isbi2012", help="bundle_root of the run")
+    p.add_argument("--config", default="isbi2012", help="bundle config merged over train.json ('' for none)")
+    p.add_argument("--no-skips", action="store_true", help="skip_connections=False (the FCN-style ablation, B6)")
+    p.add_argument("--no-tta", action="store_true", help="no flip test-time augmentation")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="torch device (default: the bundle's, cuda:0 if present)")
+    p.add_argument("--evaluate-only", action="store_true", help="evaluate <out-dir>/models/model_final.pt")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="bundle config overrides")
+    args = p.parse_args(argv)
+
+    data_dir = args.data.resolve()
+    for sub in ("images", "labels"):
+        if not (data_dir / sub).is_dir():
+            raise SystemExit(f"{data_dir / sub} is not a folder: give --data the ISBI 2012 folder (images/, labels/).")
+    out_dir = args.out_dir.resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    configs = ["train"] + ([args.config] if args.config else [])
+    overrides = bundle_overrides(args)
+    results_path = out_dir / "results.json"
+    previous = json.loads(results_path.read_text()) if results_path.is_file() else {}
+
+    if args.evaluate_only:
+        wall, iterations = previous.get("train_seconds"), previous.get("iterations")
+    else:
+        print(f"[1/2] training on sections 00-15 of {data_dir} -> {out_dir}", flush=True)
+        wall, iterations = train(out_dir, data_dir, overrides, configs)
+        print(f"      {iterations} iterations in {wall / 60:.1f} min", flush=True)
+    weights = out_dir / "models" / "model_final.pt"
+    if not weights.is_file():
+        raise SystemExit(f"{weights} does not exist: train first (run without --evaluate-only).")
+    print(f"[2/2] overlap-tile inference on sections 16-19 with {weights}", flush=True)
+    result = evaluate(out_dir, data_dir, overrides, configs, weights, tta=not args.no_tta)
+    result.update(
+        configs=configs,
+        overrides={k: v for k, v in overrides.items()},
+        skip_connections=not args.no_skips,
+        train_seconds=wall,
+        iterations=iterations,
+        torch_threads=torch.get_num_threads(),
+        machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+        command=" ".join([Path(sys.executable).name, *sys.argv]),
+    )
+    write_json(results_path, result)
+    m = result["mean"]
+    minutes = "n/a" if wall is None else f"{wall / 60:.1f} min"
+    print(
+        f"\nheld-out sections 16-19 ({'with' if not args.no_skips else 'without'} skips, "
+        f"{'flip TTA' if result['tta'] else 'no TTA'}): pixel error {m['pixel_error']:.4f}  "
+        f"Rand error {m['rand_error']:.4f} (cells grown over membrane: {m['rand_error_grown']:.4f})  "
+        f"membrane Dice {m['dice']:.4f}  training {minutes}, {iterations} iterations"
+    )
+    print(f"paper (ISBI 2012 test stack): pixel error {PAPER['pixel_error']}  Rand error {PAPER['rand_error']}")
+    ok = m["rand_error"] <= GOAL["rand_error"] and m["pixel_error"] <= GOAL["pixel_error"]
+    ok = ok and (wall is None or wall <= GOAL["minutes"] * 60)
+    goal = f"Rand <= {GOAL['rand_error']}, pixel <= {GOAL['pixel_error']}, <= {GOAL['minutes']:.0f} min"
+    print(f"goal ({goal}): {'met' if ok else 'not met'}")
+    print(f"results: {results_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

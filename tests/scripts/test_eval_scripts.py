@@ -1,0 +1,89 @@
+"""The accuracy scripts (B5, B6, 3D DICOM) run end to end on the real data, with a few iterations."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts"))
+
+import ablation_skips  # noqa: E402
+import eval_brain_dicom  # noqa: E402
+import eval_isbi  # noqa: E402
+
+TINY = ["max_epochs=1", "epoch_length=2", "val_interval=5", "num_workers=0", "tile_size=[252,252]"]
+
+
+def test_isbi2012_config_trains_on_00_15_and_holds_out_16_19(shared_data: Path, tmp_path: Path) -> None:
+    cfg = REPO / "bundles" / "unet2d_membrane" / "configs"
+    parser = ConfigParser()
+    parser.read_config([str(cfg / "train.json"), str(cfg / "isbi2012.json")])
+    parser.update({"bundle_root": str(tmp_path), "dataset_dir": str(shared_data / "isbi2012")})
+    names = {k: [Path(d["image"]).name for d in parser.get_parsed_content(f"{k}_datalist")] for k in ("train", "val")}
+    assert names["train"] == [f"train_{i:02d}.png" for i in range(16)]
+    assert names["val"] == [f"train_{i:02d}.png" for i in (16, 17, 18, 19)]
+    net = parser.get_parsed_content("network_def")
+    assert net.is_valid_size(parser.get("tile_size"))
+    # one inference tile covers a whole 512 x 512 section
+    assert min(net.output_size(parser.get("infer_tile_size"))) >= 512
+
+
+def test_eval_isbi_and_skip_ablation(shared_data: Path, tmp_path: Path) -> None:
+    data, docs = shared_data / "isbi2012", tmp_path / "docs"
+    skips, no_skips = tmp_path / "skips", tmp_path / "no_skips"
+    eval_isbi.main(["--data", str(data), "--out-dir", str(skips), "--set", *TINY])
+    result = json.loads((skips / "results.json").read_text())
+    assert result["iterations"] == 2 and result["skip_connections"] and result["tta"]
+    assert sorted(result["per_section"]) == ["16", "17", "18", "19"]
+    for key in ("pixel_error", "rand_error", "rand_error_grown", "dice"):
+        assert 0.0 <= result["mean"][key] <= 1.0
+    probs = np.load(skips / "probabilities.npy")
+    assert probs.shape == (4, 512, 512) and 0.0 <= probs.min() and probs.max() <= 1.0
+
+    # the ablation reuses the run above and trains only the variant without skips
+    before = (skips / "results.json").stat().st_mtime_ns
+    args = ["--data", str(data), "--skips-dir", str(skips), "--no-skips-dir", str(no_skips), "--docs", str(docs)]
+    ablation_skips.main([*args, "--set", *TINY])
+    assert (skips / "results.json").stat().st_mtime_ns == before
+    assert not json.loads((no_skips / "results.json").read_text())["skip_connections"]
+    with_w = torch.load(skips / "models" / "model_final.pt", weights_only=True)
+    without_w = torch.load(no_skips / "models" / "model_final.pt", weights_only=True)
+    assert sum(v.numel() for v in without_w.values()) < sum(v.numel() for v in with_w.values())
+    table = (docs / "ablation_skips.md").read_text()
+    assert "U-Net (skip connections)" in table and "without skip connections" in table and "0.0382" in table
+    png = Image.open(docs / "ablation_skips.png")
+    assert png.width > 4 * ablation_skips.PANEL and png.height > 2 * ablation_skips.PANEL
+    assert not list(docs.glob(".*.tmp"))
+
+
+def test_junction_pick_finds_the_junction_where_maps_differ() -> None:
+    labels = np.zeros((2, 200, 200), bool)
+    labels[:, 100, :] = True  # a horizontal membrane ...
+    labels[:, :100, 60] = True  # ... met by one from above at column 60 (a junction) ...
+    labels[:, 100:, 150] = True  # ... and one from below at column 150
+    a = np.zeros(labels.shape, np.float32)
+    b = a.copy()
+    b[1, 90:110, 140:160] = 1.0  # the two maps differ around the second junction of section 1
+    s, r, c = ablation_skips.pick_junction(labels, a, b)
+    assert s == 1 and abs(r - 100) <= 2 and abs(c - 150) <= 2
+
+
+def test_eval_brain_dicom_from_the_series(shared_data: Path, tmp_path: Path) -> None:
+    data = shared_data / "brain_tumor_progression_dicom"
+    tiny = ["max_epochs=1", "epoch_length=2", "val_interval=5", "num_workers=0"]
+    eval_brain_dicom.main(["--data", str(data), "--out-dir", str(tmp_path), "--set", *tiny])
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert result["test_study"].startswith("PGBM-003") and result["iterations"] == 2
+    assert 0.0 <= result["tumour_dice"] <= 1.0 and result["mask_voxels"] > 0
+    # scored on the series' own grid (280 x 320 pixels, 22 slices), not the resampled training grid
+    assert sorted(result["grid"]) == [22, 280, 320]
+    with pytest.raises(SystemExit, match="should match exactly one"):
+        eval_brain_dicom.main(["--data", str(data), "--out-dir", str(tmp_path), "--test-study", "PGBM-001"])
