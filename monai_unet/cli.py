@@ -11,7 +11,7 @@ from pathlib import Path
 __all__ = ["main"]
 
 
-def _overrides(pairs: Sequence[str]) -> dict:
+def parse_overrides(pairs: Sequence[str]) -> dict:
     """``key=value`` pairs; values are parsed as JSON when they parse (numbers, lists, true/false/null)."""
     out = {}
     for pair in pairs:
@@ -28,7 +28,7 @@ def _overrides(pairs: Sequence[str]) -> dict:
 def _cmd_train(args: argparse.Namespace) -> int:
     from monai_unet.bundles import run_bundle
 
-    overrides = _overrides(args.set)
+    overrides = parse_overrides(args.set)
     if args.dataset_dir is not None:
         overrides["dataset_dir"] = str(Path(args.dataset_dir).resolve())
     if args.max_epochs is not None:
@@ -104,7 +104,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             large_format=args.large_format,
             large_memory_mb=args.large_memory_mb,
             progress=not args.no_progress,
-            overrides=_overrides(args.set),
+            overrides=parse_overrides(args.set),
         )
     except (FileNotFoundError, ValueError, ImportError, RuntimeError) as e:
         print(f"monai-unet predict: {e}", file=sys.stderr)
@@ -145,7 +145,7 @@ def _cmd_label(args: argparse.Namespace) -> int:
             raise SystemExit(f"monai-unet label: --model {pair!r} is not of the form NAME=CHECKPOINT.")
         name, path = pair.split("=", 1)
         weights[name] = path
-    conf = _overrides(args.conf)
+    conf = parse_overrides(args.conf)
     try:
         start_server(
             args.studies,

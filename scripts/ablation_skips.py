@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -29,6 +28,8 @@ from skimage.morphology import skeletonize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import eval_isbi
+
+from monai_unet.io.atomic import atomic_output
 
 REPO = eval_isbi.REPO
 CLOSE_UP = 80  # pixels of the junction close-up
@@ -94,9 +95,8 @@ def figure(
         canvas.paste(close, (x0, 16 + 2 * head + PANEL))
         draw.text((x0, 8), title, fill="black")
         draw.text((x0, 16 + head + PANEL), f"{title.split(' (')[0]}: junction close-up", fill="black")
-    tmp = path.with_name(f".{path.name}.tmp")
-    canvas.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        canvas.save(tmp, format="PNG")
 
 
 def table(rows: list[tuple[str, dict]]) -> str:
@@ -149,9 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         f"column {c}, the junction where the two membrane maps differ most.\n\nCommands: `python scripts/eval_isbi.py`"
         f" then `python scripts/ablation_skips.py`; machine: {with_skips.get('machine')}.\n"
     )
-    tmp = args.docs / ".ablation_skips.md.tmp"
-    tmp.write_text("# Skip connections on ISBI 2012 (B6)\n\n" + text + note)
-    os.replace(tmp, args.docs / "ablation_skips.md")
+    with atomic_output(args.docs / "ablation_skips.md") as tmp:
+        tmp.write_text("# Skip connections on ISBI 2012 (B6)\n\n" + text + note)
     print(text)
     print(f"figure: {png} (section {section:02d}, junction at row {r}, column {c})")
     return 0

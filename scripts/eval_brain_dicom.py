@@ -43,13 +43,6 @@ def dice(pred: np.ndarray, true: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * float((pred & true).sum()) / total
 
 
-def parse_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the Brain-Tumor-Progression DICOM folder")
@@ -63,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from monai_unet.bundles import run_bundle
+    from monai_unet.cli import parse_overrides
     from monai_unet.data import volume_datalist
+    from monai_unet.io.atomic import atomic_output
     from monai_unet.predict import predict
 
     data = args.data.resolve()
@@ -76,11 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     overrides = {"seed": args.seed, "val_indices": held, "max_epochs": args.max_epochs}
-    for pair in args.set:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects KEY=VALUE, got {pair!r}")
-        overrides[key] = parse_value(value)
+    overrides.update(parse_overrides(args.set))
     if args.device is not None:
         overrides["device"] = f"$torch.device('{args.device}')"
 
@@ -130,9 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         "overrides": overrides,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
-    tmp = out_dir / ".results.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, results_path)
+    with atomic_output(results_path) as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
     minutes = "n/a" if train_seconds is None else f"{train_seconds / 60:.1f} min"
     print(
         f"\nheld-out study {result['test_study']}: tumour Dice {score:.3f} ({int(true.sum())} mask voxels, "

@@ -36,6 +36,10 @@ from scipy import ndimage as ndi
 from skimage.metrics import adapted_rand_error
 from skimage.segmentation import expand_labels
 
+from monai_unet.cli import parse_overrides
+from monai_unet.inferers import OverlapTileInferer
+from monai_unet.io.atomic import atomic_output
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "isbi2012"
 TRAIN_SECTIONS = list(range(16))
@@ -44,23 +48,11 @@ PAPER = {"rand_error": 0.0382, "pixel_error": 0.0611}
 GOAL = {"rand_error": 0.06, "pixel_error": 0.08, "minutes": 45.0}
 
 
-def parse_value(text: str):
-    """A ``--set`` value: JSON when it parses (numbers, lists, true/false/null), the raw string otherwise."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def bundle_overrides(args: argparse.Namespace) -> dict:
     overrides = {"seed": args.seed, "val_indices": TEST_SECTIONS}
     if args.no_skips:
         overrides["network_def#skip_connections"] = False
-    for pair in args.set:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects KEY=VALUE, got {pair!r}")
-        overrides[key] = parse_value(value)
+    overrides.update(parse_overrides(args.set))
     if args.device is not None:
         overrides["device"] = f"$torch.device('{args.device}')"
     return overrides
@@ -74,7 +66,7 @@ def load_config(overrides: dict, configs: list[str]):
     bundle = find_bundle("unet2d_membrane")
     parser = ConfigParser()
     parser.read_config([str(bundle_config(bundle, c)) for c in configs])
-    parser.update({k: v for k, v in overrides.items() if k not in ("val_indices",)})
+    parser.update(overrides)
     return parser
 
 
@@ -96,16 +88,13 @@ def read_section(folder: Path, index: int) -> np.ndarray:
     return np.asarray(Image.open(matches[0]), dtype=np.float32)
 
 
-def membrane_probabilities(network, image: np.ndarray, tile_size, tta: bool, device: torch.device) -> np.ndarray:
+def membrane_probabilities(network, image: np.ndarray, inferer, device: torch.device) -> np.ndarray:
     """Overlap-tile inference of one section: (H, W) float membrane probability (class 1 of the softmax)."""
-    from monai_unet.inferers import OverlapTileInferer
-
     x = (image - image.min()) / max(float(image.max() - image.min()), 1e-8)  # the bundle's ScaleIntensityd
     x = torch.from_numpy(x)[None, None].to(device)
-    inferer = OverlapTileInferer(tile_size=tile_size, tta=tta)
     with torch.no_grad():
         out = inferer(x, network)
-    if tta:  # the inferer averages probabilities when it flips
+    if inferer.tta:  # the inferer averages probabilities when it flips
         return out[0, 1].cpu().numpy()
     return torch.softmax(out, dim=1)[0, 1].cpu().numpy()
 
@@ -138,29 +127,26 @@ def evaluate(out_dir: Path, data_dir: Path, overrides: dict, configs: list[str],
     network = parser.get_parsed_content("network_def").to(device)
     network.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
     network.eval()
-    tile = parser.get_parsed_content("infer_tile_size")
+    inferer = OverlapTileInferer(tile_size=parser.get_parsed_content("infer_tile_size"), tta=tta)
     per_section, probs = {}, []
     start = time.perf_counter()
     for index in TEST_SECTIONS:
         image = read_section(data_dir / "images", index)
         label = read_section(data_dir / "labels", index)
-        prob = membrane_probabilities(network, image, tile, tta, device)
+        prob = membrane_probabilities(network, image, inferer, device)
         probs.append(prob.astype(np.float16))
         per_section[f"{index:02d}"] = score(prob, label)
         print(f"  section {index:02d}: " + "  ".join(f"{k} {v:.4f}" for k, v in per_section[f"{index:02d}"].items()))
     infer_seconds = time.perf_counter() - start
-    tmp = out_dir / ".probabilities.npy.tmp"
-    with open(tmp, "wb") as f:
-        np.save(f, np.stack(probs))
-    os.replace(tmp, out_dir / "probabilities.npy")
+    with atomic_output(out_dir / "probabilities.npy") as tmp:
+        np.save(tmp, np.stack(probs))
     mean = {k: float(np.mean([s[k] for s in per_section.values()])) for k in next(iter(per_section.values()))}
     return {"mean": mean, "per_section": per_section, "inference_seconds": infer_seconds, "tta": tta}
 
 
 def write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     result = evaluate(out_dir, data_dir, overrides, configs, weights, tta=not args.no_tta)
     result.update(
         configs=configs,
-        overrides={k: v for k, v in overrides.items()},
+        overrides=overrides,
         skip_connections=not args.no_skips,
         train_seconds=wall,
         iterations=iterations,

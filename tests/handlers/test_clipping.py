@@ -24,14 +24,20 @@ def _trainer(scale: float) -> SupervisedTrainer:
     )
 
 
-def test_clips_the_step_to_max_norm() -> None:
-    trainer = _trainer(scale=100.0)
-    GradientClipping(max_norm=0.5).attach(trainer)
+def _record_step_norms(trainer) -> list:
+    """Gradient norms the optimizer step sees (after the clipping handler), filled as the trainer runs."""
     seen = []
     trainer.add_event_handler(
         IterationEvents.MODEL_COMPLETED,
         lambda e: seen.append(torch.nn.utils.get_total_norm([p.grad for p in e.network.parameters()])),
     )
+    return seen
+
+
+def test_clips_the_step_to_max_norm() -> None:
+    trainer = _trainer(scale=100.0)
+    GradientClipping(max_norm=0.5).attach(trainer)
+    seen = _record_step_norms(trainer)
     trainer.run()
     assert trainer.state.grad_norm > 0.5  # the raw gradient was larger ...
     assert float(seen[0]) == pytest.approx(0.5, rel=1e-4)  # ... and the step used the clipped one
@@ -40,11 +46,7 @@ def test_clips_the_step_to_max_norm() -> None:
 def test_small_gradients_are_untouched() -> None:
     trainer = _trainer(scale=1e-3)
     GradientClipping(max_norm=1e6).attach(trainer)
-    seen = []
-    trainer.add_event_handler(
-        IterationEvents.MODEL_COMPLETED,
-        lambda e: seen.append(torch.nn.utils.get_total_norm([p.grad for p in e.network.parameters()])),
-    )
+    seen = _record_step_norms(trainer)
     trainer.run()
     assert float(seen[0]) == pytest.approx(trainer.state.grad_norm, rel=1e-6)
 
