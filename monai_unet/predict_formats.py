@@ -173,7 +173,7 @@ def _bounded_inferer(runner: Any, memory_mb: int, progress: bool) -> Any:
     largest valid tile whose activations fit ``memory_mb`` (the result is the same for any tile size)."""
     import copy
 
-    from monai_unet.inferers.overlap_tile import choose_tile_size
+    from monai_unet.inferers.tile_choice import choose_tile_size
     from monai_unet.inferers.tiling import size_rules_of
 
     inferer = copy.copy(runner.inferer)

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from monai_unet.inferers.overlap_tile import (
-    OverlapTileInferer,
+from monai_unet.inferers.overlap_tile import OverlapTileInferer, overlap_tile_inference
+from monai_unet.inferers.tile_choice import (
+    DEFAULT_MEMORY_BUDGET,
     auto_tile_size,
     choose_tile_size,
-    overlap_tile_inference,
+    clear_tile_timings,
+    default_tile_size,
 )
 
-__all__ = ["OverlapTileInferer", "auto_tile_size", "choose_tile_size", "overlap_tile_inference"]
+__all__ = [
+    "DEFAULT_MEMORY_BUDGET",
+    "OverlapTileInferer",
+    "auto_tile_size",
+    "choose_tile_size",
+    "clear_tile_timings",
+    "default_tile_size",
+    "overlap_tile_inference",
+]

@@ -25,28 +25,37 @@ from monai.utils import convert_to_dst_type
 from torch import nn
 
 from monai_unet.inferers.arrays import Source, check_out, sink_index, to_sink, zero_fill
+from monai_unet.inferers.tile_choice import (
+    DEFAULT_MEMORY_BUDGET,
+    TILE_SEARCHES,
+    auto_tile_size,
+    choose_tile_size,
+    default_tile_size,
+)
 from monai_unet.inferers.tiling import (
     UNKNOWN_ALIGN,
     AxisPlan,
     SizeRules,
     blend_weights,
-    estimate_activation_bytes,
-    estimate_flops,
     gaussian_weights_1d,
     per_axis,
     plan_axis,
     reflect_indices,
     size_rules_of,
 )
-from monai_unet.networks.sizes import input_size_1d, nearest_valid_sizes_1d
+from monai_unet.networks.sizes import nearest_valid_sizes_1d
 
-__all__ = ["OverlapTileInferer", "auto_tile_size", "choose_tile_size", "overlap_tile_inference"]
+__all__ = [
+    "DEFAULT_MEMORY_BUDGET",
+    "OverlapTileInferer",
+    "auto_tile_size",
+    "choose_tile_size",
+    "default_tile_size",
+    "overlap_tile_inference",
+]
 
 _MODES = ("constant", "gaussian")
 _ACTIVATIONS = ("softmax", "sigmoid", "none")
-# default activation memory of one forward on the CPU (on CUDA: half the free memory); within it the tile with
-# (nearly) the fewest FLOPs over the image is taken (auto_tile_size)
-DEFAULT_MEMORY_BUDGET = 2 * 2**30
 
 
 # ---- settings ----------------------------------------------------------------------------------------------------
@@ -63,71 +72,6 @@ def _check_tile(tile: tuple[int, ...], rules: SizeRules) -> None:
                 f"tile_size {t} along spatial axis {axis} is not a valid input size of the network "
                 f"(padding={rules.padding!r}, depth {rules.depth}); use {near}."
             )
-
-
-def choose_tile_size(rules: SizeRules, dims: int, memory_budget: int, sw_batch_size: int = 1) -> tuple[int, ...]:
-    """The largest valid cubic tile whose estimated activation memory for ``sw_batch_size`` tiles fits
-    ``memory_budget`` bytes (see :func:`~monai_unet.inferers.tiling.estimate_activation_bytes`).
-
-    Raises ``ValueError`` if even the smallest valid tile does not fit.
-    """
-    if rules.depth is None:
-        raise ValueError("choosing a tile from a memory budget needs a monai-unet UNet; give tile_size instead.")
-    first = rules.smallest_valid()
-    step = 1 << rules.depth
-
-    def cost(t: int) -> int:
-        return estimate_activation_bytes(rules, (t,) * dims, sw_batch_size)
-
-    need = cost(first)
-    if need > memory_budget:
-        raise ValueError(
-            f"memory_budget={memory_budget} bytes is too small: the smallest valid tile ({first} per axis) needs "
-            f"about {need} bytes for sw_batch_size={sw_batch_size}; raise the budget or lower sw_batch_size."
-        )
-    lo, hi = 0, 1
-    while cost(first + hi * step) <= memory_budget and hi < 1 << 20:
-        lo, hi = hi, hi * 2
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if cost(first + mid * step) <= memory_budget else (lo, mid)
-    return (first + lo * step,) * dims
-
-
-def auto_tile_size(
-    rules: SizeRules,
-    spatial: Sequence[int],
-    memory_budget: int,
-    sw_batch_size: int = 1,
-    overlap: float = 0.0,
-    tolerance: float = 0.03,
-) -> tuple[int, ...]:
-    """The default tile for an image of size ``spatial``: the smallest whose total FLOPs over the image (tiles
-    fitted to the image, see :func:`~monai_unet.inferers.tiling.plan_axis`) are within ``tolerance`` of the least
-    any tile within ``memory_budget`` achieves.
-
-    Larger tiles cost fewer FLOPs per output pixel (the halo is paid once per tile) but beyond a point the gain
-    is small while memory grows and caches miss; the image size matters as tiles are fitted to it.
-    """
-    dims = len(spatial)
-    cap = choose_tile_size(rules, dims, memory_budget, sw_batch_size)[0]
-    halo = rules.halo[0]
-    if halo == 0:  # a padded network costs the same per pixel at any tile: take the largest (fewest seams)
-        return (cap,) * dims
-    need = max(input_size_1d(s, rules.depth, rules.padding) for s in spatial)
-    best: list[tuple[float, tuple[int, ...]]] = []
-    for t in rules.valid_sizes(min(cap, need)):
-        if t - 2 * halo < rules.align and max(spatial) > t - 2 * halo:
-            continue
-        plans = [plan_axis(s, t, halo, rules, overlap) for s in spatial]
-        shape = tuple(p.tile for p in plans)
-        if estimate_activation_bytes(rules, shape, sw_batch_size) > memory_budget:
-            continue
-        best.append((math.prod(len(p.starts) for p in plans) * estimate_flops(rules, shape), shape))
-    if not best:
-        return choose_tile_size(rules, dims, memory_budget, sw_batch_size)
-    least = min(c for c, _ in best)
-    return next(shape for c, shape in best if c <= (1.0 + tolerance) * least)
 
 
 def _probe_halo(network: Callable, tile: tuple[int, ...], channels: int, device: torch.device, dtype) -> tuple:
@@ -169,6 +113,7 @@ def overlap_tile_inference(
     tta: bool = False,
     tta_activation: str = "softmax",
     out: Any = None,
+    tile_search: str = "auto",
     *args: Any,
     **kwargs: Any,
 ) -> torch.Tensor | Any:
@@ -194,6 +139,8 @@ def overlap_tile_inference(
         raise ValueError(f"overlap must be in [0, 1), got {overlap}.")
     if sw_batch_size < 1:
         raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}.")
+    if tile_search not in TILE_SEARCHES:
+        raise ValueError(f"tile_search must be one of {TILE_SEARCHES}, got {tile_search!r}.")
     rules = size_rules_of(network, halo)
     dims = rules.spatial_dims
     if dims is None and tile_size is not None and not isinstance(tile_size, int) and len(tile_size) > 1:
@@ -228,7 +175,11 @@ def overlap_tile_inference(
             if sw_device.type == "cuda":
                 free, _ = torch.cuda.mem_get_info(sw_device)
                 memory_budget = free // 2
-        tile = auto_tile_size(rules, spatial, int(memory_budget), sw_batch_size, overlap)
+        repeats = bsz * (2**dims if tta else 1)
+        tile = default_tile_size(
+            network, rules, spatial, chans, sw_device, net_dtype, int(memory_budget), sw_batch_size, overlap,
+            repeats, tile_search,
+        )  # fmt: skip
     else:
         raise ValueError(
             "the network has no monai-unet size rules (not a UNet, or a traced module): give tile_size (a size "
@@ -412,10 +363,17 @@ class OverlapTileInferer(Inferer):
         halo: pixels lost per side by the network (int or one per axis); only for networks without size rules.
         memory_budget: bytes of activation memory one forward of ``sw_batch_size`` tiles may use; the largest
             valid tile fitting the analytic estimate is taken (``ValueError`` if the smallest does not fit).
-            Default 2 GiB on the CPU, half the free memory on CUDA. Without ``tile_size`` the tile with (within
-            3%) the fewest FLOPs over the image that fits the budget is taken (:func:`auto_tile_size`).
+            Default 2 GiB on the CPU, half the free memory on CUDA.
         tta: flip test-time augmentation: average the activated outputs over all ``2 ** spatial_dims`` flips.
         tta_activation: ``"softmax"`` (over channels), ``"sigmoid"`` or ``"none"`` (average logits).
+        tile_search: how the tile is chosen when ``tile_size`` is ``None``, among the valid tiles within the memory
+            budget: ``"flops"`` takes the one with (within 3%) the fewest FLOPs over the image
+            (:func:`auto_tile_size`); ``"measure"`` first times a ladder of tiles on this device and leaves out
+            tiles larger than the fastest per output pixel (:func:`~monai_unet.inferers.tile_choice.speed_cap`,
+            cached per network architecture, device, dtype and threads for the process); ``"auto"`` (default)
+            measures as far as the timing costs at most the FLOPs of this inference (small images: FLOPs
+            alone). On a CPU the fewest FLOPs are not the fastest: large tiles outgrow the cache. Whatever the
+            tile, the result is the same to float rounding.
 
     Call: ``inferer(inputs, network, *args, out=None, **kwargs)`` with ``inputs`` ``(B, C, *S)`` (a tensor,
     or a lazily read array of shape ``(B, C, *S)``, ``(C, *S)`` or ``(*S)``); returns ``(B, C_out, *S)``, or
@@ -436,6 +394,7 @@ class OverlapTileInferer(Inferer):
         memory_budget: int | None = None,
         tta: bool = False,
         tta_activation: str = "softmax",
+        tile_search: str = "auto",
     ) -> None:
         super().__init__()
         if mode not in _MODES:
@@ -446,6 +405,8 @@ class OverlapTileInferer(Inferer):
             raise ValueError(f"overlap must be in [0, 1), got {overlap}.")
         if sw_batch_size < 1:
             raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}.")
+        if tile_search not in TILE_SEARCHES:
+            raise ValueError(f"tile_search must be one of {TILE_SEARCHES}, got {tile_search!r}.")
         if memory_budget is not None and memory_budget <= 0:
             raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}.")
         self.tile_size = tile_size
@@ -460,6 +421,7 @@ class OverlapTileInferer(Inferer):
         self.memory_budget = memory_budget
         self.tta = tta
         self.tta_activation = tta_activation
+        self.tile_search = tile_search
 
     def __call__(
         self,
@@ -486,6 +448,7 @@ class OverlapTileInferer(Inferer):
             self.tta,
             self.tta_activation,
             out,
+            self.tile_search,
             *args,
             **kwargs,
         )

@@ -1,0 +1,132 @@
+"""Tile choice: the FLOP rule, the measured speed cap, what timing may cost, and that any choice stays exact."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from test_overlap_tile import assert_same, make_net, whole_image
+
+from monai_unet.inferers import (
+    OverlapTileInferer,
+    auto_tile_size,
+    clear_tile_timings,
+    default_tile_size,
+)
+from monai_unet.inferers import tile_choice as tc
+from monai_unet.inferers.tiling import estimate_flops, size_rules_of
+from monai_unet.networks import UNet
+
+CPU = torch.device("cpu")
+BIG = UNet(2, 1, 2, features=(16, 32, 64, 128, 256))  # the benchmark's network (never run here, only its rules)
+RULES = size_rules_of(BIG)
+
+
+@pytest.fixture(autouse=True)
+def fresh_timings():
+    clear_tile_timings()
+    yield
+    clear_tile_timings()
+
+
+class FakeClock:
+    """Stands in for :func:`tc.time_forward`: seconds = FLOPs of the tile at 100 GFLOP/s, or 60 GFLOP/s past
+    ``knee`` (a CPU whose cache a larger tile outgrows); records which tiles were timed."""
+
+    def __init__(self, knee: int | None) -> None:
+        self.knee, self.timed = knee, []
+
+    def __call__(self, network, tile, channels, device, dtype, batch) -> float:
+        self.timed.append(tile[0])
+        rate = 100e9 if self.knee is None or tile[0] <= self.knee else 60e9
+        return estimate_flops(RULES, tile) * batch / rate
+
+
+def test_ladder_spans_the_efficient_tiles() -> None:
+    ladder = tc.speed_ladder(RULES, 2, tc.DEFAULT_MEMORY_BUDGET)
+    assert ladder == sorted(ladder) and all(RULES.is_valid(t) for t in ladder)
+    assert ladder[-1] == tc.choose_tile_size(RULES, 2, tc.DEFAULT_MEMORY_BUDGET)[0]
+    assert all(b >= 1.2 * a for a, b in itertools.pairwise(ladder[:-1]))
+
+    def per_px(t: int) -> float:
+        return estimate_flops(RULES, (t, t)) / (t - 184) ** 2
+
+    assert all(per_px(t) <= 1.4 * per_px(ladder[-1]) for t in ladder)
+
+
+def test_speed_cap_stops_at_the_knee_and_is_cached(monkeypatch) -> None:
+    clock = FakeClock(knee=892)
+    monkeypatch.setattr(tc, "time_forward", clock)
+    cap = tc.speed_cap(BIG, RULES, 2, 1, CPU, torch.float32, tc.DEFAULT_MEMORY_BUDGET)
+    assert cap == 892
+    ladder = tc.speed_ladder(RULES, 2, tc.DEFAULT_MEMORY_BUDGET)
+    assert clock.timed == ladder[: ladder.index(892) + 2]  # one tile past the knee, no further
+    # the default tile for a large image: fewest FLOPs among tiles no larger than the cap
+    tile = default_tile_size(BIG, RULES, (4096, 4096), 1, CPU, torch.float32, tc.DEFAULT_MEMORY_BUDGET)
+    assert max(tile) <= 892
+    assert tile == auto_tile_size(RULES, (4096, 4096), tc.DEFAULT_MEMORY_BUDGET, max_tile=892)
+    assert tile != auto_tile_size(RULES, (4096, 4096), tc.DEFAULT_MEMORY_BUDGET)  # the FLOP rule goes larger
+    n = len(clock.timed)
+    default_tile_size(BIG, RULES, (3000, 2000), 1, CPU, torch.float32, tc.DEFAULT_MEMORY_BUDGET)
+    assert len(clock.timed) == n  # cached per network architecture: nothing timed again
+
+
+def test_no_knee_means_the_flop_rule(monkeypatch) -> None:
+    """Where larger tiles are faster all the way (3D on a CPU, a GPU), the choice is the FLOP rule's."""
+    clock = FakeClock(knee=None)
+    monkeypatch.setattr(tc, "time_forward", clock)
+    spatial = (4096, 4096)
+    budget = tc.DEFAULT_MEMORY_BUDGET
+    tile = default_tile_size(BIG, RULES, spatial, 1, CPU, torch.float32, budget, tile_search="measure")
+    assert clock.timed == tc.speed_ladder(RULES, 2, tc.DEFAULT_MEMORY_BUDGET)
+    assert tile == auto_tile_size(RULES, spatial, tc.DEFAULT_MEMORY_BUDGET)
+
+
+def test_timing_costs_at_most_the_inference(monkeypatch) -> None:
+    clock = FakeClock(knee=892)
+    monkeypatch.setattr(tc, "time_forward", clock)
+    # a small image: timing even the smallest ladder tile would cost more than the whole inference
+    tile = default_tile_size(BIG, RULES, (300, 300), 1, CPU, torch.float32, tc.DEFAULT_MEMORY_BUDGET)
+    assert clock.timed == [] and tile == auto_tile_size(RULES, (300, 300), tc.DEFAULT_MEMORY_BUDGET)
+    # "flops" never times, "measure" always does
+    default_tile_size(BIG, RULES, (4096, 4096), 1, CPU, torch.float32, tc.DEFAULT_MEMORY_BUDGET, tile_search="flops")
+    assert clock.timed == []
+    default_tile_size(BIG, RULES, (300, 300), 1, CPU, torch.float32, tc.DEFAULT_MEMORY_BUDGET, tile_search="measure")
+    assert clock.timed
+    # what the timing spent stays within the FLOPs of the inference it serves
+    clear_tile_timings()
+    clock.timed.clear()
+    spatial = (2048, 2048)
+    default_tile_size(BIG, RULES, spatial, 1, CPU, torch.float32, tc.DEFAULT_MEMORY_BUDGET)
+    work = min(c.flops for c in tc.tile_candidates(RULES, spatial, tc.DEFAULT_MEMORY_BUDGET))
+    assert 0 < sum(3 * estimate_flops(RULES, (t, t)) for t in clock.timed) <= work
+
+
+def test_invalid_tile_search() -> None:
+    with pytest.raises(ValueError, match="tile_search"):
+        OverlapTileInferer(tile_search="fastest")
+    with pytest.raises(ValueError, match="tile_search"):
+        default_tile_size(BIG, RULES, (512, 512), 1, CPU, torch.float32, 2**30, tile_search="fast")
+
+
+def test_timing_leaves_the_global_random_state() -> None:
+    net = make_net(2)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    seconds = tc.time_forward(net, (60, 60), 1, CPU, torch.float32, 2)
+    assert seconds > 0
+    assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_measured_default_is_exact(dims: int) -> None:
+    """Timing real forwards changes which tile runs, never the result: still equal to whole-image inference."""
+    net = make_net(dims)
+    shape = (300, 170) if dims == 2 else (70, 45, 52)
+    x = torch.randn(1, 1, *shape)
+    with torch.no_grad():
+        y = OverlapTileInferer(tile_search="measure", memory_budget=64 * 2**20)(x, net)
+    assert tc._SPEEDS  # it did time
+    assert_same(y, whole_image(net, x))
