@@ -372,8 +372,8 @@ class OverlapTileInferer(Inferer):
             tiles larger than the fastest per output pixel (:func:`~monai_unet.inferers.tile_choice.speed_cap`,
             cached per network architecture, device, dtype and threads for the process); ``"auto"`` (default)
             measures as far as the timing costs at most the FLOPs of this inference (small images: FLOPs
-            alone). On a CPU the fewest FLOPs are not the fastest: large tiles outgrow the cache. Whatever the
-            tile, the result is the same to float rounding.
+            alone; the next image goes on from there). On a CPU the fewest FLOPs are not the fastest: large
+            tiles outgrow the cache. Whatever the tile, the result is the same to float rounding.
 
     Call: ``inferer(inputs, network, *args, out=None, **kwargs)`` with ``inputs`` ``(B, C, *S)`` (a tensor,
     or a lazily read array of shape ``(B, C, *S)``, ``(C, *S)`` or ``(*S)``); returns ``(B, C_out, *S)``, or

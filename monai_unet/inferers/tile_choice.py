@@ -8,8 +8,9 @@ run at the same speed at any size. So, like ``torch.backends.cudnn.benchmark``, 
 a ladder of cubic tiles, from small to large, until the time per output pixel gets worse (:func:`speed_cap`),
 and then takes the tile with the fewest FLOPs over the image among those no larger than the fastest
 (:func:`auto_tile_size`). The timings are kept per network architecture, device, dtype, thread count and batch
-for the life of the process, so only the first image pays; timing stops early when it would cost more than a
-fraction of the inference it serves (then FLOPs decide alone). Any tile gives the same result to float rounding.
+for the life of the process, and only tiles up to the one the FLOPs pick are timed; one image's timing costs at
+most the FLOPs of its own inference (small images: FLOPs decide alone; the next image goes on where it stopped).
+Any tile gives the same result to float rounding.
 """
 
 from __future__ import annotations
@@ -207,37 +208,42 @@ def speed_cap(
     dtype: torch.dtype,
     memory_budget: int,
     sw_batch_size: int = 1,
+    up_to: int | None = None,
     max_flops: float | None = None,
 ) -> int | None:
-    """The largest tile worth using on this device: the fastest per output pixel of :func:`speed_ladder`, timed
-    from the smallest up (:func:`time_forward`, cached) until a tile is 15% slower per output pixel than the best
-    so far. ``None`` when larger is faster all the way (no cap beyond the memory budget).
+    """The largest tile worth using on this device: the fastest per output pixel of :func:`speed_ladder` (cut at
+    ``up_to``, which is added as the last rung, as are the tiles timed for earlier images below it), timed from
+    the smallest up (:func:`time_forward`, cached) until a tile is 15% slower per output pixel than the best so
+    far. ``None`` when the largest rung is the fastest (no cap).
 
-    ``max_flops``: timing stops before it would cost more FLOPs than this; then the best timed tile is returned
-    if the last step gained less than 5%, else ``None`` (larger tiles are likely faster still).
+    ``max_flops``: timing stops before it would cost more FLOPs than this (a later call goes on from there); then
+    the best tile timed is the cap if the last rung gained less than 5% on the one before, else ``None`` (larger
+    tiles are likely faster still, or too little is known).
     """
     if rules.halo is None or rules.halo[0] == 0 or rules.depth is None:
         return None
+    ladder = speed_ladder(rules, dims, memory_budget, sw_batch_size)
     table = _SPEEDS.setdefault(_speed_key(network, device, dtype, sw_batch_size), {})
+    if up_to is not None:  # the rungs below, the last rungs of earlier images (timed already), and up_to itself
+        ladder = sorted({t for t in ladder if t < up_to} | {t for t in table if t < up_to} | {up_to})
     allowed = float("inf") if max_flops is None else max_flops
     halo = rules.halo[0]
-    ladder = speed_ladder(rules, dims, memory_budget, sw_batch_size)
-    spent, speeds = 0.0, []  # speeds: (seconds per output pixel, tile) in ladder order
+    spent = 0.0
+    speeds: list[tuple[float, int]] = []  # (seconds per output pixel, tile) in ladder order
     for t in ladder:
         if t not in table:
-            need = 3.0 * estimate_flops(rules, (t,) * dims) * sw_batch_size  # one untimed and two timed forwards
+            need = 3.0 * estimate_flops(rules, (t,) * dims) * sw_batch_size  # one untimed, two timed forwards
             if spent + need > allowed:
-                if len(speeds) < 2:
+                if len(speeds) < 2 or speeds[-1][0] < 0.95 * speeds[-2][0]:
                     return None
-                still_gaining = speeds[-1][0] < 0.95 * speeds[-2][0]
-                return None if still_gaining else min(speeds)[1]
+                return min(speeds)[1]
             spent += need
             seconds = time_forward(network, (t,) * dims, channels, device, dtype, sw_batch_size)
             table[t] = seconds / ((t - 2 * halo) ** dims * sw_batch_size)
         speeds.append((table[t], t))
         if table[t] > 1.15 * min(speeds)[0]:
             return min(speeds)[1]  # past the point where larger tiles stop paying
-    best = min(speeds)[1] if speeds else None
+    best = min(speeds)[1]
     return None if best == ladder[-1] else best
 
 
@@ -262,13 +268,15 @@ def default_tile_size(
     """
     if tile_search not in TILE_SEARCHES:
         raise ValueError(f"tile_search must be one of {TILE_SEARCHES}, got {tile_search!r}.")
-    max_tile = None
-    if tile_search != "flops" and rules.halo is not None and rules.halo[0] > 0:
-        candidates = tile_candidates(rules, spatial, memory_budget, sw_batch_size, overlap)
-        if len(candidates) > 1:
-            work = min(c.flops for c in candidates) * max(repeats, 1)
-            max_flops = None if tile_search == "measure" else max_cost * work
-            max_tile = speed_cap(
-                network, rules, len(spatial), channels, device, dtype, memory_budget, sw_batch_size, max_flops
-            )
-    return auto_tile_size(rules, spatial, memory_budget, sw_batch_size, overlap, max_tile=max_tile)
+    flop_tile = auto_tile_size(rules, spatial, memory_budget, sw_batch_size, overlap)
+    if tile_search == "flops" or rules.halo is None or rules.halo[0] == 0:
+        return flop_tile
+    candidates = tile_candidates(rules, spatial, memory_budget, sw_batch_size, overlap)
+    work = min(c.flops for c in candidates) * max(repeats, 1) if candidates else 0
+    max_flops = None if tile_search == "measure" else max_cost * work
+    cap = speed_cap(
+        network, rules, len(spatial), channels, device, dtype, memory_budget, sw_batch_size, max(flop_tile), max_flops
+    )
+    if cap is None:
+        return flop_tile
+    return auto_tile_size(rules, spatial, memory_budget, sw_batch_size, overlap, max_tile=cap)

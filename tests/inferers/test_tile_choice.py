@@ -78,9 +78,12 @@ def test_no_knee_means_the_flop_rule(monkeypatch) -> None:
     monkeypatch.setattr(tc, "time_forward", clock)
     spatial = (4096, 4096)
     budget = tc.DEFAULT_MEMORY_BUDGET
+    flop_tile = auto_tile_size(RULES, spatial, budget)
     tile = default_tile_size(BIG, RULES, spatial, 1, CPU, torch.float32, budget, tile_search="measure")
-    assert clock.timed == tc.speed_ladder(RULES, 2, tc.DEFAULT_MEMORY_BUDGET)
-    assert tile == auto_tile_size(RULES, spatial, tc.DEFAULT_MEMORY_BUDGET)
+    # only tiles up to the one the FLOPs pick are timed: a cap above it would change nothing
+    assert clock.timed == [t for t in tc.speed_ladder(RULES, 2, budget) if t < max(flop_tile)] + [max(flop_tile)]
+    assert tile == flop_tile
+    assert tc.speed_cap(BIG, RULES, 2, 1, CPU, torch.float32, budget) is None  # the whole ladder: no knee either
 
 
 def test_timing_costs_at_most_the_inference(monkeypatch) -> None:
@@ -94,13 +97,21 @@ def test_timing_costs_at_most_the_inference(monkeypatch) -> None:
     assert clock.timed == []
     default_tile_size(BIG, RULES, (300, 300), 1, CPU, torch.float32, tc.DEFAULT_MEMORY_BUDGET, tile_search="measure")
     assert clock.timed
-    # what the timing spent stays within the FLOPs of the inference it serves
-    clear_tile_timings()
-    clock.timed.clear()
-    spatial = (2048, 2048)
-    default_tile_size(BIG, RULES, spatial, 1, CPU, torch.float32, tc.DEFAULT_MEMORY_BUDGET)
-    work = min(c.flops for c in tc.tile_candidates(RULES, spatial, tc.DEFAULT_MEMORY_BUDGET))
-    assert 0 < sum(3 * estimate_flops(RULES, (t, t)) for t in clock.timed) <= work
+    # what one image's timing spends stays within the FLOPs of its own inference; large images find the knee
+    for spatial in [(1500, 1500), (2048, 2048), (4096, 4096), (6000, 4000)]:
+        clear_tile_timings()
+        clock.timed.clear()
+        tile = default_tile_size(BIG, RULES, spatial, 1, CPU, torch.float32, tc.DEFAULT_MEMORY_BUDGET)
+        work = min(c.flops for c in tc.tile_candidates(RULES, spatial, tc.DEFAULT_MEMORY_BUDGET))
+        assert sum(3 * estimate_flops(RULES, (t, t)) for t in clock.timed) <= work
+        if min(spatial) >= 4000:
+            assert max(tile) <= 892 and 1084 in clock.timed
+        # the next image goes on where the timing stopped, within its own FLOPs; once the knee (the first rung
+        # slower per pixel, 1084) is known, nothing more is timed
+        knee_known, n = 1084 in clock.timed, len(clock.timed)
+        default_tile_size(BIG, RULES, spatial, 1, CPU, torch.float32, tc.DEFAULT_MEMORY_BUDGET)
+        assert sum(3 * estimate_flops(RULES, (t, t)) for t in clock.timed[n:]) <= work
+        assert len(clock.timed) == n or not knee_known
 
 
 def test_invalid_tile_search() -> None:
