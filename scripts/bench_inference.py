@@ -10,9 +10,12 @@ shared machine). For 2D and 3D it prints output megapixels per second of
   (c) MONAI's SlidingWindowHoVerNetInferer set up as an overlap-tile inferer on the valid network
       (overlap = 1 - out/in, extra_input_padding = halo, reflect padding), with the paper's tile (572 in
       2D) and with (a)'s tile;
+  on the CPU, where (a) runs the weights in channels-last memory format by default, also (b) at 0.25 and (c)
+  at the paper's tile given channels-last weights and image (marked "(cl)"): the tiling alone compared;
 
 the floor (the network's FLOPs per output pixel at (a)'s tile, over the GFLOP/s one plain forward of that tile
-reaches), and how far each inferer is from whole-image inference on a crop (max abs difference / output scale).
+reaches in the memory format (a) uses), and how far each inferer is from whole-image inference on a crop (max
+abs difference / output scale).
 
     python scripts/bench_inference.py                 # B1 4096x4096 and B2 256x256x128
     python scripts/bench_inference.py --quick         # small sizes, one round
@@ -28,7 +31,13 @@ from monai.apps.pathology.inferers import SlidingWindowHoVerNetInferer
 from monai.inferers import SlidingWindowInferer
 from torch.utils.flop_counter import FlopCounterMode
 
-from monai_unet.inferers import DEFAULT_MEMORY_BUDGET, OverlapTileInferer, auto_tile_size, default_tile_size
+from monai_unet.inferers import (
+    DEFAULT_MEMORY_BUDGET,
+    OverlapTileInferer,
+    auto_tile_size,
+    channels_last_weights,
+    default_tile_size,
+)
 from monai_unet.inferers.tiling import reflect_indices, size_rules_of
 from monai_unet.networks import UNet, input_size_1d
 
@@ -86,8 +95,10 @@ def bench(dims: int, shape: tuple[int, ...], feats: tuple[int, ...], roi: int, p
     budget = DEFAULT_MEMORY_BUDGET
     if device.type == "cuda":
         budget = torch.cuda.mem_get_info(device)[0] // 2
+    cl = device.type == "cpu"  # (a) runs channels-last weights on the CPU by default
     t0 = time.perf_counter()
-    tile = default_tile_size(valid, rules, shape, 1, device, torch.float32, budget)
+    with channels_last_weights(valid, cl):
+        tile = default_tile_size(valid, rules, shape, 1, device, torch.float32, budget, tile_search="measure")
     tuning = time.perf_counter() - t0
     flop_tile = auto_tile_size(rules, shape, budget)
 
@@ -104,35 +115,54 @@ def bench(dims: int, shape: tuple[int, ...], feats: tuple[int, ...], roi: int, p
             device=device,
         )
 
+    # name: (inferer, network, whether the network's weights and the image are put in channels-last format first)
     competitors = {
-        "a overlap-tile (ours)": (OverlapTileInferer(), valid),
+        "a overlap-tile (ours)": (OverlapTileInferer(), valid, False),
         "b sliding window 0.5": (
             SlidingWindowInferer((roi,) * dims, 1, 0.5, mode="gaussian", sw_device=device, device=device),
             same,
+            False,
         ),
         "b sliding window 0.25": (
             SlidingWindowInferer((roi,) * dims, 1, 0.25, mode="gaussian", sw_device=device, device=device),
             same,
+            False,
         ),
-        f"c HoVerNet tile {paper_tile}": (hover(paper_tile), valid),
-        f"c HoVerNet tile {max(tile)}": (hover(max(tile)), valid),
+        f"c HoVerNet tile {paper_tile}": (hover(paper_tile), valid, False),
+        f"c HoVerNet tile {max(tile)}": (hover(max(tile)), valid, False),
     }
+    if cl:  # MONAI's inferers given what (a) does by itself: the fair comparison of the tiling alone
+        competitors["b sliding window 0.25 (cl)"] = (competitors["b sliding window 0.25"][0], same, True)
+        competitors[f"c HoVerNet tile {paper_tile} (cl)"] = (hover(paper_tile), valid, True)
+    fmt = torch.channels_last if dims == 2 else torch.channels_last_3d
+
+    def run(inferer, net, net_cl: bool, image: torch.Tensor) -> torch.Tensor:
+        if not net_cl:
+            return inferer(image, net)
+        with channels_last_weights(net):
+            return inferer(image.contiguous(memory_format=fmt), net)
+
     times: dict[str, float] = {}
     with torch.inference_mode():
-        # floor: FLOPs per output pixel of (a)'s tile at the speed of one plain forward of that tile
+        # floor: FLOPs per output pixel of (a)'s tile at the speed of one plain forward of that tile, in the
+        # memory format (a) runs it
         xt = torch.randn((1, 1, *tile), device=device)
         with FlopCounterMode(display=False) as fc:
             yt = valid(xt)
         flops_px = fc.get_total_flops() / yt[0, 0].numel()
-        valid(xt)
+
+        def plain_forward() -> torch.Tensor:
+            return run(lambda image, net: net(image), valid, cl, xt)
+
+        plain_forward()  # warm-up
         ft = float("inf")
         for _ in range(args.rounds):
-            for name, (inferer, net) in competitors.items():
-                dt, y = timed(lambda inferer=inferer, net=net: inferer(x, net), device)
+            for name, (inferer, net, net_cl) in competitors.items():
+                dt, y = timed(lambda i=inferer, n=net, c=net_cl: run(i, n, c, x), device)
                 assert tuple(y.shape[2:]) == shape, (name, y.shape)
                 times[name] = min(times.get(name, float("inf")), dt)
                 # the plain forward is timed between the competitors, so it sees the same machine load
-                ft = min(ft, timed(lambda: valid(xt), device)[0])
+                ft = min(ft, timed(plain_forward, device)[0])
         gflops = fc.get_total_flops() / ft / 1e9
         floor_mpx = gflops * 1e9 / flops_px / 1e6
         # agreement with whole-image inference, on a crop that needs several of (a)'s tiles
@@ -141,8 +171,8 @@ def bench(dims: int, shape: tuple[int, ...], feats: tuple[int, ...], roi: int, p
         ref = whole_image(valid, xc)
         scale = float(ref.abs().max())
         err = {
-            name: float((inferer(xc, net) - ref).abs().max()) / scale
-            for name, (inferer, net) in competitors.items()
+            name: float((run(inferer, net, net_cl, xc) - ref).abs().max()) / scale
+            for name, (inferer, net, net_cl) in competitors.items()
             if not name.startswith("b")
         }
     mpx = {k: npx / v / 1e6 for k, v in times.items()}
@@ -178,7 +208,7 @@ def report(r: dict) -> dict:
         print(f"{name:<28}{v:>9.3f}{a / v:>11.2f}{es:>27}")
     print(f"{'floor (plain forward)':<28}{r['floor']:>9.3f}{a / r['floor']:>11.2f}")
     names = list(r["mpx"])
-    return {
+    out = {
         "b05": a / r["mpx"][names[1]],
         "b025": a / r["mpx"][names[2]],
         "c": a / r["mpx"][names[3]],
@@ -186,6 +216,10 @@ def report(r: dict) -> dict:
         "floor": a / r["floor"],
         "err": r["err"]["a overlap-tile (ours)"],
     }
+    if len(names) > 5:  # MONAI's inferers with channels-last weights too
+        out["b025_cl"] = a / r["mpx"][names[5]]
+        out["c_cl"] = a / r["mpx"][names[6]]
+    return out
 
 
 def main() -> None:
@@ -215,10 +249,13 @@ def main() -> None:
     print()
     parts = []
     for k, s in summary.items():
-        parts.append(
+        part = (
             f"{k}: {s['b05']:.2f}x SW@0.5, {s['b025']:.2f}x SW@0.25, {s['c']:.2f}x HoVerNet(paper tile), "
             f"{s['c_same']:.2f}x HoVerNet(same tile), {100 * s['floor']:.0f}% of floor, err {s['err']:.0e}"
         )
+        if "c_cl" in s:
+            part += f"; both channels-last: {s['b025_cl']:.2f}x SW@0.25, {s['c_cl']:.2f}x HoVerNet(paper tile)"
+        parts.append(part)
     print("SUMMARY " + " | ".join(parts))
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from monai_unet.inferers.overlap_tile import OverlapTileInferer, overlap_tile_inference
+from monai_unet.inferers.overlap_tile import OverlapTileInferer, channels_last_weights, overlap_tile_inference
 from monai_unet.inferers.tile_choice import (
     DEFAULT_MEMORY_BUDGET,
     auto_tile_size,
@@ -15,6 +15,7 @@ __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "OverlapTileInferer",
     "auto_tile_size",
+    "channels_last_weights",
     "choose_tile_size",
     "clear_tile_timings",
     "default_tile_size",

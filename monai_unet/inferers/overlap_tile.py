@@ -11,10 +11,11 @@ can be written into a caller-given array (memmap, zarr) tile by tile, so neither
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -49,6 +50,7 @@ __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "OverlapTileInferer",
     "auto_tile_size",
+    "channels_last_weights",
     "choose_tile_size",
     "default_tile_size",
     "overlap_tile_inference",
@@ -114,6 +116,7 @@ def overlap_tile_inference(
     tta_activation: str = "softmax",
     out: Any = None,
     tile_search: str = "auto",
+    channels_last: bool | None = None,
     *args: Any,
     **kwargs: Any,
 ) -> torch.Tensor | Any:
@@ -131,6 +134,67 @@ def overlap_tile_inference(
         ``(B, C_out, *S)`` tensor on ``device`` (or ``out``): the network's output (logits) stitched; with
         ``tta`` the average of the activated (probability) outputs over all flips.
     """
+    net_device, _ = _network_device_dtype(network)
+    if channels_last is None:  # the forward's device: as _overlap_tile_inference decides it
+        if sw_device is not None:
+            target = torch.device(sw_device)
+        elif isinstance(inputs, torch.Tensor):
+            target = inputs.device
+        else:
+            target = net_device or torch.device("cpu")
+        channels_last = isinstance(network, nn.Module) and target.type == "cpu"
+    with channels_last_weights(network, channels_last):
+        return _overlap_tile_inference(
+            inputs, network, tile_size, sw_batch_size, overlap, mode, sigma_scale, sw_device, device, progress,
+            halo, memory_budget, tta, tta_activation, out, tile_search, channels_last, *args, **kwargs,
+        )  # fmt: skip
+
+
+@contextlib.contextmanager
+def channels_last_weights(network: Any, enabled: bool = True) -> Iterator[None]:
+    """Convolution weights in channels-last memory format during the call, the original tensors put back after.
+
+    On a CPU, oneDNN convolutions run about 1.5x faster on channels-last weights and activations (measured with
+    torch 2.14 on the benchmark networks, 2D and 3D); the results agree to float rounding.
+    """
+    if not enabled or not isinstance(network, nn.Module):
+        yield
+        return
+    params = [p for p in network.parameters() if p.dim() in (4, 5)]
+    kept = [p.data for p in params]
+    try:
+        with torch.inference_mode(False), torch.no_grad():
+            for p in params:
+                fmt = torch.channels_last if p.dim() == 4 else torch.channels_last_3d
+                p.data = p.data.contiguous(memory_format=fmt)
+        yield
+    finally:
+        for p, d in zip(params, kept):
+            p.data = d
+
+
+def _overlap_tile_inference(
+    inputs: torch.Tensor | Any,
+    network: Callable[..., torch.Tensor],
+    tile_size: int | Sequence[int] | None = None,
+    sw_batch_size: int = 1,
+    overlap: float = 0.0,
+    mode: str = "constant",
+    sigma_scale: float = 0.125,
+    sw_device: torch.device | str | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+    halo: int | Sequence[int] | None = None,
+    memory_budget: int | None = None,
+    tta: bool = False,
+    tta_activation: str = "softmax",
+    out: Any = None,
+    tile_search: str = "auto",
+    channels_last: bool = False,
+    *args: Any,
+    **kwargs: Any,
+) -> torch.Tensor | Any:
+    """The work of :func:`overlap_tile_inference` (with the weights already in the memory format)."""
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}.")
     if tta_activation not in _ACTIVATIONS:
@@ -239,6 +303,8 @@ def overlap_tile_inference(
     for first in range(0, len(jobs), sw_batch_size):
         chunk = jobs[first : first + sw_batch_size]
         xb = torch.empty((len(chunk), chans, *tile), dtype=in_dtype, device=sw_device)
+        if channels_last and xb.dim() in (4, 5):
+            xb = xb.contiguous(memory_format=torch.channels_last if xb.dim() == 4 else torch.channels_last_3d)
         for i, (b, pos) in enumerate(chunk):
             m = [maps[a][k] for a, k in enumerate(pos)]
             block = src.read(b, [slice(lo, hi) for lo, hi, *_ in m])
@@ -374,6 +440,9 @@ class OverlapTileInferer(Inferer):
             measures as far as the timing costs at most the FLOPs of this inference (small images: FLOPs
             alone; the next image goes on from there). On a CPU the fewest FLOPs are not the fastest: large
             tiles outgrow the cache. Whatever the tile, the result is the same to float rounding.
+        channels_last: run the network with its convolution weights and the tiles in channels-last memory format
+            (the weights are converted for the call and the original tensors put back after); ``None`` (default):
+            on a CPU, where oneDNN runs it about 1.5x faster. The results agree to float rounding.
 
     Call: ``inferer(inputs, network, *args, out=None, **kwargs)`` with ``inputs`` ``(B, C, *S)`` (a tensor,
     or a lazily read array of shape ``(B, C, *S)``, ``(C, *S)`` or ``(*S)``); returns ``(B, C_out, *S)``, or
@@ -395,6 +464,7 @@ class OverlapTileInferer(Inferer):
         tta: bool = False,
         tta_activation: str = "softmax",
         tile_search: str = "auto",
+        channels_last: bool | None = None,
     ) -> None:
         super().__init__()
         if mode not in _MODES:
@@ -422,6 +492,7 @@ class OverlapTileInferer(Inferer):
         self.tta = tta
         self.tta_activation = tta_activation
         self.tile_search = tile_search
+        self.channels_last = channels_last
 
     def __call__(
         self,
@@ -449,6 +520,7 @@ class OverlapTileInferer(Inferer):
             self.tta_activation,
             out,
             self.tile_search,
+            self.channels_last,
             *args,
             **kwargs,
         )

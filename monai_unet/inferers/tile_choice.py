@@ -143,8 +143,8 @@ def clear_tile_timings() -> None:
 
 def _speed_key(network: Any, device: torch.device, dtype: torch.dtype, batch: int) -> tuple:
     arch: tuple = (type(network).__qualname__,)
-    if isinstance(network, torch.nn.Module):
-        arch += tuple(tuple(p.shape) for p in network.parameters())
+    if isinstance(network, torch.nn.Module):  # shapes and memory formats of the weights
+        arch += tuple((tuple(p.shape), p.is_contiguous()) for p in network.parameters())
     threads = torch.get_num_threads() if device.type == "cpu" else 0
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     return (arch, name, str(dtype), threads, batch)

@@ -296,6 +296,26 @@ def test_memory_estimate_bounds_measured_peak() -> None:
     assert peak <= est <= 4 * peak
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+def test_channels_last_is_exact_and_puts_the_weights_back(dims: int) -> None:
+    """The CPU default runs the weights in channels-last format: same result, and the network is as it was."""
+    net = make_net(dims)
+    before = [(p.data_ptr(), p.stride()) for p in net.parameters()]
+    x = torch.randn(2, 1, *((150, 97) if dims == 2 else (50, 37, 45)))
+    with torch.no_grad():
+        fast = OverlapTileInferer(tile_size=92 if dims == 2 else 44)(x, net)  # default: channels_last on the CPU
+        plain = OverlapTileInferer(tile_size=92 if dims == 2 else 44, channels_last=False)(x, net)
+        forced = OverlapTileInferer(tile_size=92 if dims == 2 else 44, channels_last=True)(x, net)
+    assert [(p.data_ptr(), p.stride()) for p in net.parameters()] == before
+    ref = whole_image(net, x)
+    for y in (fast, plain, forced):
+        assert_same(y, ref)
+    # the weights are put back also when the call fails
+    with pytest.raises(ValueError):
+        OverlapTileInferer(tile_size=92 if dims == 2 else 44, halo=3)(x, net)
+    assert [(p.data_ptr(), p.stride()) for p in net.parameters()] == before
+
+
 def test_progress_bar(capsys: pytest.CaptureFixture) -> None:
     with torch.no_grad():
         OverlapTileInferer(tile_size=44, progress=True)(torch.randn(1, 1, 40, 40), make_net(2))
