@@ -32,10 +32,10 @@ from monai.inferers import SlidingWindowInferer
 from torch.utils.flop_counter import FlopCounterMode
 
 from monai_unet.inferers import (
-    DEFAULT_MEMORY_BUDGET,
     OverlapTileInferer,
     auto_tile_size,
     channels_last_weights,
+    default_memory_budget,
     default_tile_size,
 )
 from monai_unet.inferers.tiling import reflect_indices, size_rules_of
@@ -92,9 +92,7 @@ def bench(dims: int, shape: tuple[int, ...], feats: tuple[int, ...], roi: int, p
     # (a)'s tile: what the default settings choose for this image. Choosing it times a ladder of tiles once per
     # process (the speed cap, see monai_unet.inferers.tile_choice); done here, untimed, and reported, so that the
     # timed runs of (a) find the timings cached, as every image after the first one in a process does
-    budget = DEFAULT_MEMORY_BUDGET
-    if device.type == "cuda":
-        budget = torch.cuda.mem_get_info(device)[0] // 2
+    budget = default_memory_budget(device)
     cl = device.type == "cpu"  # (a) runs channels-last weights on the CPU by default
     t0 = time.perf_counter()
     with channels_last_weights(valid, cl):

@@ -8,6 +8,7 @@ from monai_unet.inferers.tile_choice import (
     auto_tile_size,
     choose_tile_size,
     clear_tile_timings,
+    default_memory_budget,
     default_tile_size,
 )
 
@@ -18,6 +19,7 @@ __all__ = [
     "channels_last_weights",
     "choose_tile_size",
     "clear_tile_timings",
+    "default_memory_budget",
     "default_tile_size",
     "overlap_tile_inference",
 ]

@@ -31,6 +31,7 @@ from monai_unet.inferers.tile_choice import (
     TILE_SEARCHES,
     auto_tile_size,
     choose_tile_size,
+    default_memory_budget,
     default_tile_size,
 )
 from monai_unet.inferers.tiling import (
@@ -235,10 +236,7 @@ def _overlap_tile_inference(
         _check_tile(tile, rules)
     elif rules.depth is not None:
         if memory_budget is None:
-            memory_budget = DEFAULT_MEMORY_BUDGET
-            if sw_device.type == "cuda":
-                free, _ = torch.cuda.mem_get_info(sw_device)
-                memory_budget = free // 2
+            memory_budget = default_memory_budget(sw_device)
         repeats = bsz * (2**dims if tta else 1)
         tile = default_tile_size(
             network, rules, spatial, chans, sw_device, net_dtype, int(memory_budget), sw_batch_size, overlap,
@@ -429,7 +427,8 @@ class OverlapTileInferer(Inferer):
         halo: pixels lost per side by the network (int or one per axis); only for networks without size rules.
         memory_budget: bytes of activation memory one forward of ``sw_batch_size`` tiles may use; the largest
             valid tile fitting the analytic estimate is taken (``ValueError`` if the smallest does not fit).
-            Default 2 GiB on the CPU, half the free memory on CUDA.
+            Default: a quarter of the physical memory (1-8 GiB) on the CPU, half the free memory on CUDA
+            (:func:`~monai_unet.inferers.tile_choice.default_memory_budget`).
         tta: flip test-time augmentation: average the activated outputs over all ``2 ** spatial_dims`` flips.
         tta_activation: ``"softmax"`` (over channels), ``"sigmoid"`` or ``"none"`` (average logits).
         tile_search: how the tile is chosen when ``tile_size`` is ``None``, among the valid tiles within the memory

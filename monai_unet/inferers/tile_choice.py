@@ -16,6 +16,7 @@ Any tile gives the same result to float rounding.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -31,13 +32,14 @@ __all__ = [
     "auto_tile_size",
     "choose_tile_size",
     "clear_tile_timings",
+    "default_memory_budget",
     "speed_cap",
     "speed_ladder",
     "tile_candidates",
     "time_forward",
 ]
 
-# default activation memory of one forward on the CPU (on CUDA: half the free memory)
+# activation memory of one forward where the machine's memory cannot be read (see default_memory_budget)
 DEFAULT_MEMORY_BUDGET = 2 * 2**30
 TILE_SEARCHES = ("auto", "measure", "flops")
 
@@ -51,6 +53,21 @@ class Candidate(NamedTuple):
     flops: int
     tile: tuple[int, ...]
     tiles: int
+
+
+def default_memory_budget(device: torch.device | str) -> int:
+    """Bytes of activation memory one forward may use when no ``memory_budget`` is given: on CUDA half the free
+    memory of the device; on the CPU a quarter of the physical memory, between 1 and 8 GiB
+    (:data:`DEFAULT_MEMORY_BUDGET`, 2 GiB, where it cannot be read). Larger tiles pay the halo less often: a 3D
+    volume of 256 x 256 x 128 fits one tile in 3 GiB and costs 23% fewer FLOPs than in four tiles of 2 GiB."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0] // 2)
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return DEFAULT_MEMORY_BUDGET
+    return int(min(max(total // 4, 2**30), 8 * 2**30))
 
 
 def choose_tile_size(rules: SizeRules, dims: int, memory_budget: int, sw_batch_size: int = 1) -> tuple[int, ...]:

@@ -141,3 +141,14 @@ def test_measured_default_is_exact(dims: int) -> None:
         y = OverlapTileInferer(tile_search="measure", memory_budget=64 * 2**20)(x, net)
     assert tc._SPEEDS  # it did time
     assert_same(y, whole_image(net, x))
+
+
+def test_default_memory_budget_follows_the_machine() -> None:
+    import os
+
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    budget = tc.default_memory_budget("cpu")
+    assert budget == min(max(total // 4, 2**30), 8 * 2**30)
+    # within it, the inferer's default tile fits (the estimate is checked against the profiler elsewhere)
+    tile = default_tile_size(BIG, RULES, (4096, 4096), 1, CPU, torch.float32, budget, tile_search="flops")
+    assert tc.estimate_activation_bytes(RULES, tile, 1) <= budget
