@@ -44,7 +44,7 @@ DEFAULT_MEMORY_BUDGET = 2 * 2**30
 TILE_SEARCHES = ("auto", "measure", "flops")
 
 # measured speeds: (network architecture, device, dtype, threads, batch) -> {cubic tile: seconds per output pixel}
-_SPEEDS: dict[tuple, dict[int, float]] = {}
+_SPEEDS: dict[tuple, dict[tuple[int, ...], float]] = {}
 
 
 class Candidate(NamedTuple):
@@ -176,7 +176,7 @@ def time_forward(
     network: Callable, tile: tuple[int, ...], channels: int, device: torch.device, dtype: torch.dtype, batch: int
 ) -> float:
     """Seconds of one forward of ``batch`` tiles: one untimed forward (allocation, kernel choice), then the best
-    of two timed ones (a single forward varies by up to 30% on a busy CPU).
+    of two timed ones (a single forward varies by up to 30% on a busy CPU), one when the first took over 2 s.
 
     The input comes from a private generator, so timing does not move the global random state.
     """
@@ -184,8 +184,12 @@ def time_forward(
     x = torch.randn((batch, channels, *tile), generator=gen, device=device, dtype=dtype)
     best = float("inf")
     with torch.no_grad():
+        _sync(device)
+        start = time.perf_counter()
         network(x)
-        for _ in range(2):
+        _sync(device)
+        runs = 1 if time.perf_counter() - start > 2.0 else 2
+        for _ in range(runs):
             _sync(device)
             start = time.perf_counter()
             network(x)
@@ -225,13 +229,15 @@ def speed_cap(
     dtype: torch.dtype,
     memory_budget: int,
     sw_batch_size: int = 1,
-    up_to: int | None = None,
+    up_to: Sequence[int] | None = None,
     max_flops: float | None = None,
 ) -> int | None:
-    """The largest tile worth using on this device: the fastest per output pixel of :func:`speed_ladder` (cut at
-    ``up_to``, which is added as the last rung, as are the tiles timed for earlier images below it), timed from
-    the smallest up (:func:`time_forward`, cached) until a tile is 15% slower per output pixel than the best so
-    far. ``None`` when the largest rung is the fastest (no cap).
+    """The largest tile worth using on this device: the fastest per output pixel of :func:`speed_ladder`, timed
+    from the smallest up (:func:`time_forward`, cached) until a tile is 15% slower per output pixel than the best
+    so far. ``None`` when the largest rung is the fastest (no cap).
+
+    ``up_to``: the tile the FLOPs pick for an image (it may not be cubic); the ladder is cut below its volume and
+    it is timed as the last rung, after the tiles timed for earlier images below it.
 
     ``max_flops``: timing stops before it would cost more FLOPs than this (a later call goes on from there); then
     the best tile timed is the cap if the last rung gained less than 5% on the one before, else ``None`` (larger
@@ -239,29 +245,34 @@ def speed_cap(
     """
     if rules.halo is None or rules.halo[0] == 0 or rules.depth is None:
         return None
-    ladder = speed_ladder(rules, dims, memory_budget, sw_batch_size)
     table = _SPEEDS.setdefault(_speed_key(network, device, dtype, sw_batch_size), {})
-    if up_to is not None:  # the rungs below, the last rungs of earlier images (timed already), and up_to itself
-        ladder = sorted({t for t in ladder if t < up_to} | {t for t in table if t < up_to} | {up_to})
+    ladder = [(t,) * dims for t in speed_ladder(rules, dims, memory_budget, sw_batch_size)]
+    if up_to is not None:  # the rungs below, the shapes of earlier images (timed already), and up_to itself
+        last = tuple(up_to)
+        below = {t for t in ladder + list(table) if math.prod(t) < math.prod(last)}
+        ladder = sorted(below | {last}, key=lambda t: (math.prod(t), t))
     allowed = float("inf") if max_flops is None else max_flops
     halo = rules.halo[0]
     spent = 0.0
-    speeds: list[tuple[float, int]] = []  # (seconds per output pixel, tile) in ladder order
+    speeds: list[tuple[float, tuple[int, ...]]] = []  # (seconds per output pixel, tile) in ladder order
+
+    def cap(tile: tuple[int, ...]) -> int | None:
+        return None if tile == ladder[-1] else max(tile)
+
     for t in ladder:
         if t not in table:
-            need = 3.0 * estimate_flops(rules, (t,) * dims) * sw_batch_size  # one untimed, two timed forwards
+            need = 3.0 * estimate_flops(rules, t) * sw_batch_size  # one untimed, two timed forwards
             if spent + need > allowed:
                 if len(speeds) < 2 or speeds[-1][0] < 0.95 * speeds[-2][0]:
                     return None
-                return min(speeds)[1]
+                return cap(min(speeds)[1])
             spent += need
-            seconds = time_forward(network, (t,) * dims, channels, device, dtype, sw_batch_size)
-            table[t] = seconds / ((t - 2 * halo) ** dims * sw_batch_size)
+            seconds = time_forward(network, t, channels, device, dtype, sw_batch_size)
+            table[t] = seconds / (math.prod(s - 2 * halo for s in t) * sw_batch_size)
         speeds.append((table[t], t))
         if table[t] > 1.15 * min(speeds)[0]:
-            return min(speeds)[1]  # past the point where larger tiles stop paying
-    best = min(speeds)[1]
-    return None if best == ladder[-1] else best
+            return cap(min(speeds)[1])  # past the point where larger tiles stop paying
+    return cap(min(speeds)[1])
 
 
 def default_tile_size(
@@ -292,7 +303,7 @@ def default_tile_size(
     work = min(c.flops for c in candidates) * max(repeats, 1) if candidates else 0
     max_flops = None if tile_search == "measure" else max_cost * work
     cap = speed_cap(
-        network, rules, len(spatial), channels, device, dtype, memory_budget, sw_batch_size, max(flop_tile), max_flops
+        network, rules, len(spatial), channels, device, dtype, memory_budget, sw_batch_size, flop_tile, max_flops
     )
     if cap is None:
         return flop_tile
