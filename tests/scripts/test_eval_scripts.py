@@ -39,12 +39,19 @@ def test_isbi2012_config_trains_on_00_15_and_holds_out_16_19(shared_data: Path, 
 def test_eval_isbi_and_skip_ablation(shared_data: Path, tmp_path: Path) -> None:
     data, docs = shared_data / "isbi2012", tmp_path / "docs"
     skips, no_skips = tmp_path / "skips", tmp_path / "no_skips"
-    eval_isbi.main(["--data", str(data), "--out-dir", str(skips), "--set", *TINY])
+    eval_isbi.main(["--data", str(data), "--out-dir", str(skips), "--thresholds", "0.4", "0.5", "--set", *TINY])
     result = json.loads((skips / "results.json").read_text())
     assert result["iterations"] == 2 and result["skip_connections"] and result["tta"]
     assert sorted(result["per_section"]) == ["16", "17", "18", "19"]
     for key in ("pixel_error", "rand_error", "rand_error_grown", "dice"):
         assert 0.0 <= result["mean"][key] <= 1.0
+    # thresholds chosen on the training sections, one per metric, from the grid given; scored on 16-19
+    chosen = result["thresholds_from_training_sections"]
+    assert sorted(chosen) == ["pixel_error", "rand_error", "rand_error_grown"]
+    assert set(chosen.values()) <= {0.4, 0.5}
+    for key, t in chosen.items():
+        if t == 0.5:
+            assert result["mean_at_training_thresholds"][key] == pytest.approx(result["mean"][key])
     probs = np.load(skips / "probabilities.npy")
     assert probs.shape == (4, 512, 512) and 0.0 <= probs.min() and probs.max() <= 1.0
 
