@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import itertools
 import math
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -151,27 +152,42 @@ def overlap_tile_inference(
         )  # fmt: skip
 
 
+# networks whose weights are in channels-last format now: id -> [calls inside, original tensors]
+_CONVERTED: dict[int, list] = {}
+_CONVERTED_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def channels_last_weights(network: Any, enabled: bool = True) -> Iterator[None]:
     """Convolution weights in channels-last memory format during the call, the original tensors put back after.
 
     On a CPU, oneDNN convolutions run about 1.5x faster on channels-last weights and activations (measured with
-    torch 2.14 on the benchmark networks, 2D and 3D); the results agree to float rounding.
+    torch 2.14 on the benchmark networks, 2D and 3D); the results agree to float rounding. Concurrent calls on
+    one network (threads of a server) share the conversion: the first converts, the last puts the originals back.
     """
     if not enabled or not isinstance(network, nn.Module):
         yield
         return
-    params = [p for p in network.parameters() if p.dim() in (4, 5)]
-    kept = [p.data for p in params]
+    key = id(network)
+    with _CONVERTED_LOCK:
+        entry = _CONVERTED.get(key)
+        if entry is None:
+            params = [p for p in network.parameters() if p.dim() in (4, 5)]
+            entry = _CONVERTED[key] = [0, [(p, p.data) for p in params]]
+            with torch.inference_mode(False), torch.no_grad():
+                for p in params:
+                    fmt = torch.channels_last if p.dim() == 4 else torch.channels_last_3d
+                    p.data = p.data.contiguous(memory_format=fmt)
+        entry[0] += 1
     try:
-        with torch.inference_mode(False), torch.no_grad():
-            for p in params:
-                fmt = torch.channels_last if p.dim() == 4 else torch.channels_last_3d
-                p.data = p.data.contiguous(memory_format=fmt)
         yield
     finally:
-        for p, d in zip(params, kept):
-            p.data = d
+        with _CONVERTED_LOCK:
+            entry[0] -= 1
+            if entry[0] == 0:
+                for p, original in entry[1]:
+                    p.data = original
+                del _CONVERTED[key]
 
 
 def _overlap_tile_inference(

@@ -316,6 +316,25 @@ def test_channels_last_is_exact_and_puts_the_weights_back(dims: int) -> None:
     assert [(p.data_ptr(), p.stride()) for p in net.parameters()] == before
 
 
+def test_channels_last_concurrent_calls_share_one_conversion() -> None:
+    """Threads of a server inferring with one network: every result exact, the original weights back after."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    net = make_net(2)
+    before = [(p.data_ptr(), p.stride()) for p in net.parameters()]
+    images = [torch.randn(1, 1, 120 + 7 * i, 90) for i in range(6)]
+
+    def infer(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return OverlapTileInferer(tile_size=92, channels_last=True)(x, net)
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(infer, images))
+    for x, y in zip(images, results):
+        assert_same(y, whole_image(net, x))
+    assert [(p.data_ptr(), p.stride()) for p in net.parameters()] == before
+
+
 def test_progress_bar(capsys: pytest.CaptureFixture) -> None:
     with torch.no_grad():
         OverlapTileInferer(tile_size=44, progress=True)(torch.randn(1, 1, 40, 40), make_net(2))
