@@ -141,20 +141,20 @@ def evaluate(
     network.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
     network.eval()
     inferer = OverlapTileInferer(tile_size=parser.get_parsed_content("infer_tile_size"), tta=tta)
-    per_section, probs = {}, []
+    per_section, held_out = {}, []
     start = time.perf_counter()
     for index in TEST_SECTIONS:
         image = read_section(data_dir / "images", index)
         label = read_section(data_dir / "labels", index)
         prob = membrane_probabilities(network, image, inferer, device)
-        probs.append(prob.astype(np.float16))
+        held_out.append((prob, label))
         per_section[f"{index:02d}"] = score(prob, label)
         print(f"  section {index:02d}: " + "  ".join(f"{k} {v:.4f}" for k, v in per_section[f"{index:02d}"].items()))
     infer_seconds = time.perf_counter() - start
     with atomic_output(out_dir / "probabilities.npy") as tmp:
-        np.save(tmp, np.stack(probs))
+        np.save(tmp, np.stack([prob.astype(np.float16) for prob, _ in held_out]))
     mean = {k: float(np.mean([s[k] for s in per_section.values()])) for k in next(iter(per_section.values()))}
-    chosen, at_chosen = choose_thresholds(network, inferer, device, data_dir, probs, thresholds)
+    chosen, at_chosen = choose_thresholds(network, inferer, device, data_dir, held_out, thresholds)
     return {
         "mean": mean,
         "per_section": per_section,
@@ -166,10 +166,10 @@ def evaluate(
 
 
 def choose_thresholds(
-    network, inferer, device: torch.device, data_dir: Path, test_probs: list[np.ndarray], thresholds: tuple
+    network, inferer, device: torch.device, data_dir: Path, held_out: list[tuple[np.ndarray, np.ndarray]], thresholds
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Per metric, the threshold with the least mean error on the training sections 00-15, and the held-out
-    sections' mean error at it. The held-out sections choose nothing."""
+    sections' (probability, label) mean error at it. The held-out sections choose nothing."""
     train = []
     for index in TRAIN_SECTIONS:
         image = read_section(data_dir / "images", index)
@@ -177,11 +177,8 @@ def choose_thresholds(
         train.append((prob, read_section(data_dir / "labels", index)))
     table = {t: [score(prob, label, t) for prob, label in train] for t in thresholds}
     chosen = {k: min(thresholds, key=lambda t: (np.mean([s[k] for s in table[t]]), abs(t - 0.5))) for k in METRICS}
-    at_chosen = {}
-    for k, t in chosen.items():
-        labels = [read_section(data_dir / "labels", i) for i in TEST_SECTIONS]
-        at_chosen[k] = float(np.mean([score(p.astype(np.float32), lab, t)[k] for p, lab in zip(test_probs, labels)]))
-    return chosen, at_chosen
+    at = {t: [score(prob, label, t) for prob, label in held_out] for t in set(chosen.values())}
+    return chosen, {k: float(np.mean([s[k] for s in at[t]])) for k, t in chosen.items()}
 
 
 def write_json(path: Path, obj: dict) -> None:

@@ -28,10 +28,7 @@ from torch import nn
 
 from monai_unet.inferers.arrays import Source, check_out, sink_index, to_sink, zero_fill
 from monai_unet.inferers.tile_choice import (
-    DEFAULT_MEMORY_BUDGET,
     TILE_SEARCHES,
-    auto_tile_size,
-    choose_tile_size,
     default_memory_budget,
     default_tile_size,
 )
@@ -48,15 +45,7 @@ from monai_unet.inferers.tiling import (
 )
 from monai_unet.networks.sizes import nearest_valid_sizes_1d
 
-__all__ = [
-    "DEFAULT_MEMORY_BUDGET",
-    "OverlapTileInferer",
-    "auto_tile_size",
-    "channels_last_weights",
-    "choose_tile_size",
-    "default_tile_size",
-    "overlap_tile_inference",
-]
+__all__ = ["OverlapTileInferer", "channels_last_weights", "overlap_tile_inference"]
 
 _MODES = ("constant", "gaussian")
 _ACTIVATIONS = ("softmax", "sigmoid", "none")
@@ -101,57 +90,6 @@ def _network_device_dtype(network: Any) -> tuple[torch.device | None, torch.dtyp
 # ---- the work ----------------------------------------------------------------------------------------------------
 
 
-def overlap_tile_inference(
-    inputs: torch.Tensor | Any,
-    network: Callable[..., torch.Tensor],
-    tile_size: int | Sequence[int] | None = None,
-    sw_batch_size: int = 1,
-    overlap: float = 0.0,
-    mode: str = "constant",
-    sigma_scale: float = 0.125,
-    sw_device: torch.device | str | None = None,
-    device: torch.device | str | None = None,
-    progress: bool = False,
-    halo: int | Sequence[int] | None = None,
-    memory_budget: int | None = None,
-    tta: bool = False,
-    tta_activation: str = "softmax",
-    out: Any = None,
-    tile_search: str = "auto",
-    channels_last: bool | None = None,
-    *args: Any,
-    **kwargs: Any,
-) -> torch.Tensor | Any:
-    """Run ``network`` over ``inputs`` tile by tile with mirrored borders and stitch the outputs.
-
-    Args:
-        inputs: ``(B, C, *S)`` tensor, or a lazily read array (numpy memmap, zarr array, ...) of shape
-            ``(B, C, *S)``, ``(C, *S)`` or ``(*S)``; any spatial size, also smaller than the halo.
-        network: maps ``(N, C, *tile)`` to ``(N, C_out, *(tile - 2 * halo))``.
-        others: see :class:`OverlapTileInferer`.
-        out: optional array (numpy memmap, zarr, tensor) of shape ``(B, C_out, *S)`` (or ``(C_out, *S)``,
-            ``(*S)`` for ``B == 1``) written tile by tile and returned.
-
-    Returns:
-        ``(B, C_out, *S)`` tensor on ``device`` (or ``out``): the network's output (logits) stitched; with
-        ``tta`` the average of the activated (probability) outputs over all flips.
-    """
-    net_device, _ = _network_device_dtype(network)
-    if channels_last is None:  # the forward's device: as _overlap_tile_inference decides it
-        if sw_device is not None:
-            target = torch.device(sw_device)
-        elif isinstance(inputs, torch.Tensor):
-            target = inputs.device
-        else:
-            target = net_device or torch.device("cpu")
-        channels_last = isinstance(network, nn.Module) and target.type == "cpu"
-    with channels_last_weights(network, channels_last):
-        return _overlap_tile_inference(
-            inputs, network, tile_size, sw_batch_size, overlap, mode, sigma_scale, sw_device, device, progress,
-            halo, memory_budget, tta, tta_activation, out, tile_search, channels_last, *args, **kwargs,
-        )  # fmt: skip
-
-
 # networks whose weights are in channels-last format now: id -> [calls inside, original tensors]
 _CONVERTED: dict[int, list] = {}
 _CONVERTED_LOCK = threading.Lock()
@@ -190,7 +128,7 @@ def channels_last_weights(network: Any, enabled: bool = True) -> Iterator[None]:
                 del _CONVERTED[key]
 
 
-def _overlap_tile_inference(
+def overlap_tile_inference(
     inputs: torch.Tensor | Any,
     network: Callable[..., torch.Tensor],
     tile_size: int | Sequence[int] | None = None,
@@ -207,11 +145,24 @@ def _overlap_tile_inference(
     tta_activation: str = "softmax",
     out: Any = None,
     tile_search: str = "auto",
-    channels_last: bool = False,
+    channels_last: bool | None = None,
     *args: Any,
     **kwargs: Any,
 ) -> torch.Tensor | Any:
-    """The work of :func:`overlap_tile_inference` (with the weights already in the memory format)."""
+    """Run ``network`` over ``inputs`` tile by tile with mirrored borders and stitch the outputs.
+
+    Args:
+        inputs: ``(B, C, *S)`` tensor, or a lazily read array (numpy memmap, zarr array, ...) of shape
+            ``(B, C, *S)``, ``(C, *S)`` or ``(*S)``; any spatial size, also smaller than the halo.
+        network: maps ``(N, C, *tile)`` to ``(N, C_out, *(tile - 2 * halo))``.
+        others: see :class:`OverlapTileInferer`.
+        out: optional array (numpy memmap, zarr, tensor) of shape ``(B, C_out, *S)`` (or ``(C_out, *S)``,
+            ``(*S)`` for ``B == 1``) written tile by tile and returned.
+
+    Returns:
+        ``(B, C_out, *S)`` tensor on ``device`` (or ``out``): the network's output (logits) stitched; with
+        ``tta`` the average of the activated (probability) outputs over all flips.
+    """
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}.")
     if tta_activation not in _ACTIVATIONS:
@@ -245,143 +196,147 @@ def _overlap_tile_inference(
     if device is None:
         device = inputs.device if src.is_tensor else torch.device("cpu")
     device = torch.device(device)
-
-    # tile size: given, or from a memory budget
-    if tile_size is not None:
-        tile = per_axis(tile_size, dims, "tile_size")
-        _check_tile(tile, rules)
-    elif rules.depth is not None:
-        if memory_budget is None:
-            memory_budget = default_memory_budget(sw_device)
-        repeats = bsz * (2**dims if tta else 1)
-        tile = default_tile_size(
-            network, rules, spatial, chans, sw_device, net_dtype, int(memory_budget), sw_batch_size, overlap,
-            repeats, tile_search,
-        )  # fmt: skip
-    else:
-        raise ValueError(
-            "the network has no monai-unet size rules (not a UNet, or a traced module): give tile_size (a size "
-            "the network accepts) and, for an unpadded network, halo (or it is probed once from tile_size)."
-        )
-    if rules.halo is None:
-        hal = _probe_halo(network, tile, chans, sw_device, net_dtype)
-        rules = dataclasses.replace(rules, halo=hal, align=1 if max(hal) == 0 else UNKNOWN_ALIGN)
-    else:
-        hal = per_axis(rules.halo, dims, "halo")
-    if len(hal) != dims:
-        raise ValueError(f"halo has {len(hal)} values but the image has {dims} spatial dimensions.")
-
-    fit = tile_size is None or rules.depth is not None
-    plans = [plan_axis(s, t, h, rules, overlap, fit=fit) for s, t, h in zip(spatial, tile, hal)]
-    tile = tuple(p.tile for p in plans)
-    # without extra overlap every pixel is written by exactly one tile (its owner): plain slice assignment
-    blend = overlap > 0.0
-    weights = None
-    if blend:
-        weights = []
-        for p in plans:
-            w = (
-                gaussian_weights_1d(p.out, sigma_scale)
-                if mode == "gaussian"
-                else torch.ones(p.out, dtype=torch.float64)
+    if channels_last is None:  # on the CPU, where oneDNN runs channels-last convolutions faster
+        channels_last = isinstance(network, nn.Module) and sw_device.type == "cpu"
+    with channels_last_weights(network, channels_last):
+        # tile size: given, or from a memory budget
+        if tile_size is not None:
+            tile = per_axis(tile_size, dims, "tile_size")
+            _check_tile(tile, rules)
+        elif rules.depth is not None:
+            if memory_budget is None:
+                memory_budget = default_memory_budget(sw_device)
+            repeats = bsz * (2**dims if tta else 1)
+            tile = default_tile_size(
+                network, rules, spatial, chans, sw_device, net_dtype, int(memory_budget), sw_batch_size, overlap,
+                repeats, tile_search,
+            )  # fmt: skip
+        else:
+            raise ValueError(
+                "the network has no monai-unet size rules (not a UNet, or a traced module): give tile_size (a size "
+                "the network accepts) and, for an unpadded network, halo (or it is probed once from tile_size)."
             )
-            weights.append([v.to(device) for v in blend_weights(p, w)])
+        if rules.halo is None:
+            hal = _probe_halo(network, tile, chans, sw_device, net_dtype)
+            rules = dataclasses.replace(rules, halo=hal, align=1 if max(hal) == 0 else UNKNOWN_ALIGN)
+        else:
+            hal = per_axis(rules.halo, dims, "halo")
+        if len(hal) != dims:
+            raise ValueError(f"halo has {len(hal)} values but the image has {dims} spatial dimensions.")
 
-    # per axis and tile position: the in-image block [lo, hi) the tile reads, the mirrored pads around it, and
-    # the index map into the block for pads too wide for one reflection (None when one reflection does)
-    maps = []
-    for p, s in zip(plans, spatial):
-        axis_maps = []
-        for start in p.starts:
-            a, b = start - p.halo, start - p.halo + p.tile
-            lo, hi = max(a, 0), min(b, s)
-            if lo >= hi or lo - a >= hi - lo or b - hi >= hi - lo:  # ping-pong: gather through the index map
-                idx = reflect_indices(a, p.tile, s)
-                lo, hi = int(idx.min()), int(idx.max()) + 1
-                axis_maps.append((lo, hi, 0, 0, idx - lo))
-            else:
-                axis_maps.append((lo, hi, lo - a, b - hi, None))
-        maps.append(axis_maps)
-    jobs = [(b, pos) for b in range(bsz) for pos in itertools.product(*(range(len(p.starts)) for p in plans))]
-    in_dtype = net_dtype
-    flips = [()] if not tta else [f for r in range(dims + 1) for f in itertools.combinations(range(2, dims + 2), r)]
+        fit = tile_size is None or rules.depth is not None
+        plans = [plan_axis(s, t, h, rules, overlap, fit=fit) for s, t, h in zip(spatial, tile, hal)]
+        tile = tuple(p.tile for p in plans)
+        # without extra overlap every pixel is written by exactly one tile (its owner): plain slice assignment
+        blend = overlap > 0.0
+        weights = None
+        if blend:
+            weights = []
+            for p in plans:
+                w = (
+                    gaussian_weights_1d(p.out, sigma_scale)
+                    if mode == "gaussian"
+                    else torch.ones(p.out, dtype=torch.float64)
+                )
+                weights.append([v.to(device) for v in blend_weights(p, w)])
 
-    result = None
-    external = out is not None
-    checked = False
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+        # per axis and tile position: the in-image block [lo, hi) the tile reads, the mirrored pads around it, and
+        # the index map into the block for pads too wide for one reflection (None when one reflection does)
+        maps = []
+        for p, s in zip(plans, spatial):
+            axis_maps = []
+            for start in p.starts:
+                a, b = start - p.halo, start - p.halo + p.tile
+                lo, hi = max(a, 0), min(b, s)
+                if lo >= hi or lo - a >= hi - lo or b - hi >= hi - lo:  # ping-pong: gather through the index map
+                    idx = reflect_indices(a, p.tile, s)
+                    lo, hi = int(idx.min()), int(idx.max()) + 1
+                    axis_maps.append((lo, hi, 0, 0, idx - lo))
+                else:
+                    axis_maps.append((lo, hi, lo - a, b - hi, None))
+            maps.append(axis_maps)
+        tile_format = torch.contiguous_format
+        if channels_last and dims in (2, 3):
+            tile_format = torch.channels_last if dims == 2 else torch.channels_last_3d
+        jobs = [(b, pos) for b in range(bsz) for pos in itertools.product(*(range(len(p.starts)) for p in plans))]
+        in_dtype = net_dtype
+        flips = [()] if not tta else [f for r in range(dims + 1) for f in itertools.combinations(range(2, dims + 2), r)]
 
-        bar = tqdm(total=len(jobs), desc="overlap-tile", unit="tile")
-    for first in range(0, len(jobs), sw_batch_size):
-        chunk = jobs[first : first + sw_batch_size]
-        xb = torch.empty((len(chunk), chans, *tile), dtype=in_dtype, device=sw_device)
-        if channels_last and xb.dim() in (4, 5):
-            xb = xb.contiguous(memory_format=torch.channels_last if xb.dim() == 4 else torch.channels_last_3d)
-        for i, (b, pos) in enumerate(chunk):
-            m = [maps[a][k] for a, k in enumerate(pos)]
-            block = src.read(b, [slice(lo, hi) for lo, hi, *_ in m])
-            if any(local is not None for *_, local in m):
-                for a in reversed(range(dims)):
-                    local = m[a][4]
-                    if local is None and (m[a][2] or m[a][3]):
-                        local = reflect_indices(m[a][2] and -m[a][2], tile[a], m[a][1] - m[a][0])
-                    if local is not None:
-                        block = block.index_select(a + 1, local.to(block.device))
-            elif any(pl or pr for _, _, pl, pr, _ in m):
-                pads = [v for _, _, pl, pr, _ in reversed(m) for v in (pl, pr)]
-                block = F.pad(block[None].to(in_dtype), pads, mode="reflect")[0]
-            xb[i].copy_(block)
-        y = _predict(network, xb, flips, tta_activation if tta else "none", *args, **kwargs)
-        if not checked:
-            _check_output(y, tile, hal, plans)
-            checked = True
-            if external:
-                check_out(out, (bsz, y.shape[1], *spatial), dims)
+        result = None
+        external = out is not None
+        checked = False
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(jobs), desc="overlap-tile", unit="tile")
+        for first in range(0, len(jobs), sw_batch_size):
+            chunk = jobs[first : first + sw_batch_size]
+            xb = torch.empty((len(chunk), chans, *tile), dtype=in_dtype, device=sw_device)
+            xb = xb.contiguous(memory_format=tile_format)  # a no-op for one channel: strides as allocated
+            for i, (b, pos) in enumerate(chunk):
+                m = [maps[a][k] for a, k in enumerate(pos)]
+                block = src.read(b, [slice(lo, hi) for lo, hi, *_ in m])
+                if any(local is not None for *_, local in m):
+                    for a in reversed(range(dims)):
+                        local = m[a][4]
+                        if local is None and (m[a][2] or m[a][3]):
+                            local = reflect_indices(m[a][2] and -m[a][2], tile[a], m[a][1] - m[a][0])
+                        if local is not None:
+                            block = block.index_select(a + 1, local.to(block.device))
+                elif any(pl or pr for _, _, pl, pr, _ in m):
+                    pads = [v for _, _, pl, pr, _ in reversed(m) for v in (pl, pr)]
+                    block = F.pad(block[None].to(in_dtype), pads, mode="reflect")[0]
+                xb[i].copy_(block)
+            y = _predict(network, xb, flips, tta_activation if tta else "none", *args, **kwargs)
+            if not checked:
+                _check_output(y, tile, hal, plans)
+                checked = True
+                if external:
+                    check_out(out, (bsz, y.shape[1], *spatial), dims)
+                    if blend:
+                        zero_fill(out, dims)
+                else:
+                    shape = (bsz, y.shape[1], *spatial)
+                    result = (torch.zeros if blend else torch.empty)(shape, dtype=y.dtype, device=device)
+            y = y.to(device)
+            for i, (b, pos) in enumerate(chunk):
                 if blend:
-                    zero_fill(out, dims)
-            else:
-                shape = (bsz, y.shape[1], *spatial)
-                result = (torch.zeros if blend else torch.empty)(shape, dtype=y.dtype, device=device)
-        y = y.to(device)
-        for i, (b, pos) in enumerate(chunk):
-            if blend:
-                dst = [
-                    slice(plans[a].starts[k], min(plans[a].starts[k] + plans[a].out, plans[a].size))
-                    for a, k in enumerate(pos)
-                ]
-                piece = y[(i, slice(None), *(slice(0, d.stop - d.start) for d in dst))]
-                for a, k in enumerate(pos):
-                    shape = [1] * (dims + 1)
-                    shape[a + 1] = -1
-                    piece = piece * weights[a][k].view(shape)
-                if external:
-                    idx = sink_index(out, dims, b, dst)
-                    out[idx] = out[idx] + to_sink(piece, out, idx)
+                    dst = [
+                        slice(plans[a].starts[k], min(plans[a].starts[k] + plans[a].out, plans[a].size))
+                        for a, k in enumerate(pos)
+                    ]
+                    piece = y[(i, slice(None), *(slice(0, d.stop - d.start) for d in dst))]
+                    for a, k in enumerate(pos):
+                        shape = [1] * (dims + 1)
+                        shape[a + 1] = -1
+                        piece = piece * weights[a][k].view(shape)
+                    if external:
+                        idx = sink_index(out, dims, b, dst)
+                        out[idx] = out[idx] + to_sink(piece, out, idx)
+                    else:
+                        result[(b, slice(None), *dst)] += piece
                 else:
-                    result[(b, slice(None), *dst)] += piece
-            else:
-                dst = [slice(*plans[a].own[k]) for a, k in enumerate(pos)]
-                loc = [
-                    slice(d.start - plans[a].starts[k], d.stop - plans[a].starts[k])
-                    for a, (d, k) in enumerate(zip(dst, pos))
-                ]
-                piece = y[(i, slice(None), *loc)]
-                if external:
-                    idx = sink_index(out, dims, b, dst)
-                    out[idx] = to_sink(piece, out, idx)
-                else:
-                    result[(b, slice(None), *dst)] = piece
+                    dst = [slice(*plans[a].own[k]) for a, k in enumerate(pos)]
+                    loc = [
+                        slice(d.start - plans[a].starts[k], d.stop - plans[a].starts[k])
+                        for a, (d, k) in enumerate(zip(dst, pos))
+                    ]
+                    piece = y[(i, slice(None), *loc)]
+                    if external:
+                        idx = sink_index(out, dims, b, dst)
+                        out[idx] = to_sink(piece, out, idx)
+                    else:
+                        result[(b, slice(None), *dst)] = piece
+            if bar is not None:
+                bar.update(len(chunk))
         if bar is not None:
-            bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
-    if external:
-        return out
-    if meta_like is not None:
-        result = convert_to_dst_type(result, meta_like, device=device)[0]
-    return result
+            bar.close()
+        if external:
+            return out
+        if meta_like is not None:
+            result = convert_to_dst_type(result, meta_like, device=device)[0]
+        return result
 
 
 def _predict(
@@ -449,12 +404,13 @@ class OverlapTileInferer(Inferer):
         tta_activation: ``"softmax"`` (over channels), ``"sigmoid"`` or ``"none"`` (average logits).
         tile_search: how the tile is chosen when ``tile_size`` is ``None``, among the valid tiles within the memory
             budget: ``"flops"`` takes the one with (within 3%) the fewest FLOPs over the image
-            (:func:`auto_tile_size`); ``"measure"`` first times a ladder of tiles on this device and leaves out
-            tiles larger than the fastest per output pixel (:func:`~monai_unet.inferers.tile_choice.speed_cap`,
-            cached per network architecture, device, dtype and threads for the process); ``"auto"`` (default)
-            measures as far as the timing costs at most the FLOPs of this inference (small images: FLOPs
-            alone; the next image goes on from there). On a CPU the fewest FLOPs are not the fastest: large
-            tiles outgrow the cache. Whatever the tile, the result is the same to float rounding.
+            (:func:`~monai_unet.inferers.tile_choice.auto_tile_size`); ``"measure"`` first times a ladder of
+            tiles on this device and leaves out tiles larger than the fastest per output pixel
+            (:func:`~monai_unet.inferers.tile_choice.speed_cap`, cached per network architecture, device, dtype
+            and threads for the process); ``"auto"`` (default) measures as far as the timing costs at most the
+            FLOPs of this inference (small images: FLOPs alone; the next image goes on from there). On a CPU the
+            fewest FLOPs are not the fastest: large tiles outgrow the cache. Whatever the tile, the result is
+            the same to float rounding.
         channels_last: run the network with its convolution weights and the tiles in channels-last memory format
             (the weights are converted for the call and the original tensors put back after); ``None`` (default):
             on a CPU, where oneDNN runs it about 1.5x faster. The results agree to float rounding.

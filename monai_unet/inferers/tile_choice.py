@@ -48,11 +48,10 @@ _SPEEDS: dict[tuple, dict[tuple[int, ...], float]] = {}
 
 
 class Candidate(NamedTuple):
-    """A tile for an image: its (fitted) shape, the tiles it takes, and the FLOPs of all of them."""
+    """A tile for an image: its (fitted) shape and the FLOPs of all the tiles the image takes."""
 
     flops: int
     tile: tuple[int, ...]
-    tiles: int
 
 
 def default_memory_budget(device: torch.device | str) -> int:
@@ -126,7 +125,7 @@ def tile_candidates(
             continue
         seen.add(shape)
         tiles = math.prod(len(p.starts) for p in plans)
-        out.append(Candidate(tiles * estimate_flops(rules, shape), shape, tiles))
+        out.append(Candidate(tiles * estimate_flops(rules, shape), shape))
     return out
 
 
@@ -149,8 +148,12 @@ def auto_tile_size(
     best = tile_candidates(rules, spatial, memory_budget, sw_batch_size, overlap, max_tile)
     if not best:
         return choose_tile_size(rules, dims, memory_budget, sw_batch_size)
-    least = min(c.flops for c in best)
-    return next(c.tile for c in best if c.flops <= (1.0 + tolerance) * least)
+    return _fewest_flops(best, tolerance)
+
+
+def _fewest_flops(candidates: list[Candidate], tolerance: float = 0.03) -> tuple[int, ...]:
+    least = min(c.flops for c in candidates)
+    return next(c.tile for c in candidates if c.flops <= (1.0 + tolerance) * least)
 
 
 def clear_tile_timings() -> None:
@@ -296,15 +299,19 @@ def default_tile_size(
     """
     if tile_search not in TILE_SEARCHES:
         raise ValueError(f"tile_search must be one of {TILE_SEARCHES}, got {tile_search!r}.")
-    flop_tile = auto_tile_size(rules, spatial, memory_budget, sw_batch_size, overlap)
     if tile_search == "flops" or rules.halo is None or rules.halo[0] == 0:
-        return flop_tile
+        return auto_tile_size(rules, spatial, memory_budget, sw_batch_size, overlap)
     candidates = tile_candidates(rules, spatial, memory_budget, sw_batch_size, overlap)
-    work = min(c.flops for c in candidates) * max(repeats, 1) if candidates else 0
+    if not candidates:
+        return auto_tile_size(rules, spatial, memory_budget, sw_batch_size, overlap)
+    flop_tile = _fewest_flops(candidates)
+    work = min(c.flops for c in candidates) * max(repeats, 1)
     max_flops = None if tile_search == "measure" else max_cost * work
     cap = speed_cap(
         network, rules, len(spatial), channels, device, dtype, memory_budget, sw_batch_size, flop_tile, max_flops
     )
     if cap is None:
         return flop_tile
-    return auto_tile_size(rules, spatial, memory_budget, sw_batch_size, overlap, max_tile=cap)
+    # a fitted tile no larger than the cap is also what fitting from a nominal tile within the cap gives
+    capped = [c for c in candidates if max(c.tile) <= cap]
+    return _fewest_flops(capped) if capped else flop_tile
