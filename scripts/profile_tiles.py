@@ -6,6 +6,7 @@ size, FLOPs per output pixel (torch.utils.flop_counter), GFLOP/s reached, micros
 large image costs per pixel when tiled with this tile), and the largest activation tensor in MiB.
 
     python scripts/profile_tiles.py              # 2D and 3D on the CPU (about 3 minutes on 2 cores)
+    python scripts/profile_tiles.py --channels-last   # as the inferer runs it on the CPU
     python scripts/profile_tiles.py --device cuda
 """
 
@@ -17,6 +18,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from monai_unet.inferers import channels_last_weights
 from monai_unet.networks import UNet
 
 
@@ -31,11 +33,16 @@ def largest_activation(net: UNet, x: torch.Tensor) -> int:
     return max(sizes)
 
 
-def profile(net: UNet, tiles: list[int], dims: int, device: torch.device, repeat: int) -> list[dict]:
+def profile(
+    net: UNet, tiles: list[int], dims: int, device: torch.device, repeat: int, channels_last: bool = False
+) -> list[dict]:
     rows = []
-    with torch.inference_mode():
+    fmt = torch.channels_last if dims == 2 else torch.channels_last_3d
+    with torch.inference_mode(), channels_last_weights(net, channels_last):
         for t in tiles:
             x = torch.randn((1, 1, *(t,) * dims), device=device)
+            if channels_last:
+                x = x.contiguous(memory_format=fmt)
             with FlopCounterMode(display=False) as fc:
                 y = net(x)
             out_px = y[0, 0].numel()
@@ -71,6 +78,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--repeat", type=int, default=2)
+    p.add_argument(
+        "--channels-last", action="store_true", help="weights and input channels-last (the inferer's CPU default)"
+    )
     args = p.parse_args()
     device = torch.device(args.device)
     if device.type == "cpu":
@@ -78,9 +88,10 @@ def main() -> None:
     torch.manual_seed(0)
     net2 = UNet(2, 1, 2, features=(16, 32, 64, 128, 256), dropout=0.0).eval().to(device)
     net2(torch.zeros((1, 1, 188, 188), device=device))  # warm-up
-    rows2 = profile(net2, [252, 316, 380, 444, 508, 572, 700, 828, 956, 1084, 1212], 2, device, args.repeat)
+    tiles2 = [252, 316, 380, 444, 508, 572, 700, 828, 956, 1084, 1212]
+    rows2 = profile(net2, tiles2, 2, device, args.repeat, args.channels_last)
     net3 = UNet(3, 1, 2, features=(8, 16, 32, 64), dropout=0.0).eval().to(device)
-    rows3 = profile(net3, [108, 124, 140, 156, 172, 188, 204, 220], 3, device, args.repeat)
+    rows3 = profile(net3, [108, 124, 140, 156, 172, 188, 204, 220], 3, device, args.repeat, args.channels_last)
     for dims, rows in ((2, rows2), (3, rows3)):
         best = min(rows, key=lambda r: r["us_px"])
         fewest = min(rows, key=lambda r: r["kflop_px"])

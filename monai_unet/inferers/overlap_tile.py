@@ -99,9 +99,10 @@ _CONVERTED_LOCK = threading.Lock()
 def channels_last_weights(network: Any, enabled: bool = True) -> Iterator[None]:
     """Convolution weights in channels-last memory format during the call, the original tensors put back after.
 
-    On a CPU, oneDNN convolutions run about 1.5x faster on channels-last weights and activations (measured with
-    torch 2.14 on the benchmark networks, 2D and 3D); the results agree to float rounding. Concurrent calls on
-    one network (threads of a server) share the conversion: the first converts, the last puts the originals back.
+    On a CPU, oneDNN convolutions run about 1.3-1.4x faster on channels-last weights and activations (torch
+    2.14, the benchmark networks, ``scripts/profile_tiles.py --channels-last``); the results agree to float
+    rounding. Concurrent calls on one network (threads of a server) share the conversion: the first converts,
+    the last puts the originals back.
     """
     if not enabled or not isinstance(network, nn.Module):
         yield
@@ -413,7 +414,7 @@ class OverlapTileInferer(Inferer):
             the same to float rounding.
         channels_last: run the network with its convolution weights and the tiles in channels-last memory format
             (the weights are converted for the call and the original tensors put back after); ``None`` (default):
-            on a CPU, where oneDNN runs it about 1.5x faster. The results agree to float rounding.
+            on a CPU, where oneDNN runs it about 1.3-1.4x faster. The results agree to float rounding.
 
     Call: ``inferer(inputs, network, *args, out=None, **kwargs)`` with ``inputs`` ``(B, C, *S)`` (a tensor,
     or a lazily read array of shape ``(B, C, *S)``, ``(C, *S)`` or ``(*S)``); returns ``(B, C_out, *S)``, or
