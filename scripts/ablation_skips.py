@@ -2,8 +2,9 @@
 
 Runs ``scripts/eval_isbi.py`` twice with the same recipe, data and budget (sections 00-15 to train, 16-19 to
 evaluate): once as is and once with ``skip_connections=False`` (the FCN-style ablation). A run whose
-``results.json`` and ``probabilities.npy`` already exist is reused unless ``--retrain`` is given, so
-``python scripts/eval_isbi.py`` followed by this script trains only the missing variant.
+``results.json`` and ``probabilities.npy`` already exist and whose recorded recipe (the merged bundle config) is
+today's is reused unless ``--retrain`` is given, so ``python scripts/eval_isbi.py`` followed by this script trains
+only the missing variant, and a changed ``configs/isbi2012.json`` retrains both.
 
 Writes ``docs/ablation_skips.md`` (the table) and ``docs/ablation_skips.png``: for the held-out section and
 membrane junction where the two networks disagree most, the input, the label and both membrane probability maps
@@ -37,9 +38,25 @@ PANEL = 320  # pixels of each whole-section panel in the figure
 ZOOM = 320 // CLOSE_UP
 
 
+def stale(out_dir: Path, skips: bool, args: argparse.Namespace) -> str | None:
+    """Why the run in ``out_dir`` cannot be reused for this variant (``None`` when it can): missing files, or a
+    recipe other than today's configs with ``--set``, ``--seed`` and the variant's skip flag."""
+    results = out_dir / "results.json"
+    if not (results.is_file() and (out_dir / "probabilities.npy").is_file()):
+        return "no results yet"
+    stored = json.loads(results.read_text()).get("recipe")
+    variant = argparse.Namespace(seed=args.seed, no_skips=not skips, set=args.set, device=None)
+    expected = eval_isbi.recipe(eval_isbi.bundle_overrides(variant), ["train", "isbi2012"])
+    if stored != expected:
+        return "its recipe differs from configs/isbi2012.json with these options" if stored else "no recipe recorded"
+    return None
+
+
 def run_variant(out_dir: Path, skips: bool, args: argparse.Namespace) -> dict:
     results = out_dir / "results.json"
-    if args.retrain or not (results.is_file() and (out_dir / "probabilities.npy").is_file()):
+    reason = "--retrain" if args.retrain else stale(out_dir, skips, args)
+    if reason is not None:
+        print(f"training {out_dir} ({reason})", flush=True)
         argv = ["--out-dir", str(out_dir), "--data", str(args.data), "--seed", str(args.seed)]
         argv += [] if skips else ["--no-skips"]
         argv += ["--set", *args.set] if args.set else []

@@ -75,6 +75,14 @@ def load_config(overrides: dict, configs: list[str]):
     return parser
 
 
+def recipe(overrides: dict, configs: list[str]) -> dict:
+    """The merged bundle config of a run (configs and overrides, before parsing): what ``results.json`` stores so
+    that a later run can tell whether an earlier one used the same recipe."""
+    config = load_config(overrides, configs).get()
+    config.pop("_meta_", None)
+    return json.loads(json.dumps(config))
+
+
 def train(out_dir: Path, data_dir: Path, overrides: dict, configs: list[str]) -> tuple[float, int]:
     """Run the bundle's ``training``; returns (wall seconds, iterations run by the final checkpoint)."""
     from monai_unet.bundles import run_bundle
@@ -231,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     result.update(
         configs=configs,
         overrides=overrides,
+        recipe=recipe(overrides, configs),
         skip_connections=not args.no_skips,
         train_seconds=wall,
         iterations=iterations,

@@ -116,3 +116,24 @@ def test_targets_are_full_paths(bundle: str) -> None:
     for path in (BUNDLES / bundle / "configs").glob("*.json"):
         text = path.read_text()
         assert '"_target_": "UNet"' not in text and '"_target_": "OverlapTileInferer"' not in text, path
+
+
+@pytest.mark.parametrize("configs", [("train",), ("train", "isbi2012")])
+def test_border_weight_keys_reach_the_weight_map(configs: tuple[str, ...], tiny_em: Path, tmp_path: Path) -> None:
+    """``class_balance``, ``border_w0`` and ``border_sigma`` (the 2D recipe's loss weights) configure the weight map."""
+    from monai_unet.transforms import BorderWeightMap, BorderWeightMapd
+
+    def weight_map(**overrides) -> BorderWeightMap:
+        parser = _parser("unet2d_membrane", *configs, bundle_root=str(tmp_path), dataset_dir=str(tiny_em), **overrides)
+        transforms = parser.get_parsed_content("train#deterministic_transforms")
+        found = [t for t in transforms if isinstance(t, BorderWeightMapd)]
+        assert len(found) == 1
+        return found[0].converter
+
+    default = weight_map()
+    recipe = json.loads((BUNDLES / "unet2d_membrane" / "configs" / f"{configs[-1]}.json").read_text())
+    train = json.loads((BUNDLES / "unet2d_membrane" / "configs" / "train.json").read_text())
+    for attr, key in (("w0", "border_w0"), ("sigma", "border_sigma"), ("class_balance", "class_balance")):
+        assert getattr(default, attr) == recipe.get(key, train[key])
+    changed = weight_map(border_w0=3.0, border_sigma=2.0, class_balance=not default.class_balance)
+    assert (changed.w0, changed.sigma, changed.class_balance) == (3.0, 2.0, not default.class_balance)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -60,6 +61,13 @@ def test_eval_isbi_and_skip_ablation(shared_data: Path, tmp_path: Path) -> None:
     args = ["--data", str(data), "--skips-dir", str(skips), "--no-skips-dir", str(no_skips), "--docs", str(docs)]
     ablation_skips.main([*args, "--set", *TINY])
     assert (skips / "results.json").stat().st_mtime_ns == before
+    # ... because its recorded recipe is today's; another recipe or the other variant's run is not reused
+    same = argparse.Namespace(seed=0, set=TINY)
+    assert ablation_skips.stale(skips, True, same) is None and ablation_skips.stale(no_skips, False, same) is None
+    changed = argparse.Namespace(seed=0, set=[*TINY, "border_sigma=3.0"])
+    assert "differs" in ablation_skips.stale(skips, True, changed)
+    assert "differs" in ablation_skips.stale(no_skips, True, same)
+    assert ablation_skips.stale(tmp_path / "nothing", True, same) == "no results yet"
     assert not json.loads((no_skips / "results.json").read_text())["skip_connections"]
     with_w = torch.load(skips / "models" / "model_final.pt", weights_only=True)
     without_w = torch.load(no_skips / "models" / "model_final.pt", weights_only=True)
