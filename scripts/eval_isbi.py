@@ -18,7 +18,7 @@ Usage:
     python scripts/eval_isbi.py --no-skips --out-dir runs/isbi2012_noskip   # the ablation (B6)
     python scripts/eval_isbi.py --set max_epochs=2           # any bundle config override
 
-Writes ``<out-dir>/results.json`` (metrics, per-section numbers, settings, timing) and
+Writes ``<out-dir>/results.json`` (metrics, per-section numbers, settings, the merged bundle config, timing) and
 ``<out-dir>/probabilities.npy`` (membrane probability of each held-out section, for figures).
 """
 
