@@ -64,7 +64,7 @@ def test_eval_isbi_and_skip_ablation(shared_data: Path, tmp_path: Path) -> None:
     # ... because its recorded recipe is today's; another recipe or the other variant's run is not reused
     same = argparse.Namespace(seed=0, set=TINY)
     assert ablation_skips.stale(skips, True, same) is None and ablation_skips.stale(no_skips, False, same) is None
-    changed = argparse.Namespace(seed=0, set=[*TINY, "border_sigma=3.0"])
+    changed = argparse.Namespace(seed=0, set=[*TINY, "border_sigma=4.0"])
     assert "differs" in ablation_skips.stale(skips, True, changed)
     assert "differs" in ablation_skips.stale(no_skips, True, same)
     assert ablation_skips.stale(tmp_path / "nothing", True, same) == "no results yet"
