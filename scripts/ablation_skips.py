@@ -3,8 +3,9 @@
 Runs ``scripts/eval_isbi.py`` twice with the same recipe, data and budget (sections 00-15 to train, 16-19 to
 evaluate): once as is and once with ``skip_connections=False`` (the FCN-style ablation). A run whose
 ``results.json`` and ``probabilities.npy`` already exist and whose recorded recipe (the merged bundle config) is
-today's is reused unless ``--retrain`` is given, so ``python scripts/eval_isbi.py`` followed by this script trains
-only the missing variant, and a changed ``configs/isbi2012.json`` retrains both.
+today's is reused, so ``python scripts/eval_isbi.py`` followed by this script trains only the missing variant. A
+run of another recipe (a changed ``configs/isbi2012.json``, other ``--set`` values, the other variant) stops the
+script with a message instead of being replaced; ``--retrain`` trains both variants anew.
 
 Writes ``docs/ablation_skips.md`` (the table) and ``docs/ablation_skips.png``: for the held-out section and
 membrane junction where the two networks disagree most, the input, the label and both membrane probability maps
@@ -46,7 +47,7 @@ def stale(out_dir: Path, skips: bool, args: argparse.Namespace) -> str | None:
         return "no results yet"
     stored = json.loads(results.read_text()).get("recipe")
     variant = argparse.Namespace(seed=args.seed, no_skips=not skips, set=args.set, device=None)
-    expected = eval_isbi.recipe(eval_isbi.bundle_overrides(variant), ["train", "isbi2012"])
+    expected = eval_isbi.recipe(eval_isbi.bundle_overrides(variant), eval_isbi.RECIPE_CONFIGS)
     if stored != expected:
         return "its recipe differs from configs/isbi2012.json with these options" if stored else "no recipe recorded"
     return None
@@ -55,16 +56,18 @@ def stale(out_dir: Path, skips: bool, args: argparse.Namespace) -> str | None:
 def run_variant(out_dir: Path, skips: bool, args: argparse.Namespace) -> dict:
     results = out_dir / "results.json"
     reason = "--retrain" if args.retrain else stale(out_dir, skips, args)
+    if reason not in (None, "--retrain", "no results yet"):
+        raise SystemExit(
+            f"{results}: {reason} (skip_connections={skips}). Give --retrain to replace it, or another "
+            f"{'--skips-dir' if skips else '--no-skips-dir'}."
+        )
     if reason is not None:
         print(f"training {out_dir} ({reason})", flush=True)
         argv = ["--out-dir", str(out_dir), "--data", str(args.data), "--seed", str(args.seed)]
         argv += [] if skips else ["--no-skips"]
         argv += ["--set", *args.set] if args.set else []
         eval_isbi.main(argv)
-    result = json.loads(results.read_text())
-    if result["skip_connections"] != skips:
-        raise SystemExit(f"{results} is a run with skip_connections={result['skip_connections']}, not {skips}.")
-    return result
+    return json.loads(results.read_text())
 
 
 def junctions(membrane: np.ndarray) -> np.ndarray:

@@ -45,6 +45,7 @@ from monai_unet.io.atomic import atomic_output
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "isbi2012"
+RECIPE_CONFIGS = ["train", "isbi2012"]  # the tuned recipe: isbi2012.json merged over train.json
 TRAIN_SECTIONS = list(range(16))
 TEST_SECTIONS = [16, 17, 18, 19]
 PAPER = {"rand_error": 0.0382, "pixel_error": 0.0611}
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="ISBI 2012 folder (images/, labels/)")
     p.add_argument("--out-dir", type=Path, default=REPO / "runs" / "isbi2012", help="bundle_root of the run")
-    p.add_argument("--config", default="isbi2012", help="bundle config merged over train.json ('' for none)")
+    p.add_argument("--config", default=RECIPE_CONFIGS[-1], help="bundle config merged over train.json ('' for none)")
     p.add_argument("--no-skips", action="store_true", help="skip_connections=False (the FCN-style ablation, B6)")
     p.add_argument("--no-tta", action="store_true", help="no flip test-time augmentation")
     p.add_argument("--seed", type=int, default=0)

@@ -68,6 +68,10 @@ def test_eval_isbi_and_skip_ablation(shared_data: Path, tmp_path: Path) -> None:
     assert "differs" in ablation_skips.stale(skips, True, changed)
     assert "differs" in ablation_skips.stale(no_skips, True, same)
     assert ablation_skips.stale(tmp_path / "nothing", True, same) == "no results yet"
+    # a run of another recipe is not replaced without --retrain: the script stops and says so
+    with pytest.raises(SystemExit, match=r"recipe differs.*--retrain"):
+        ablation_skips.main([*args, "--set", *TINY, "border_sigma=4.0"])
+    assert (skips / "results.json").stat().st_mtime_ns == before
     assert not json.loads((no_skips / "results.json").read_text())["skip_connections"]
     with_w = torch.load(skips / "models" / "model_final.pt", weights_only=True)
     without_w = torch.load(no_skips / "models" / "model_final.pt", weights_only=True)
