@@ -1,14 +1,15 @@
-"""3D accuracy from DICOM: train the 3D bundle on two Brain-Tumor-Progression studies, Dice on the third.
+"""3D accuracy from DICOM: train the 3D bundle on one patient's Brain-Tumor-Progression studies, Dice on the other's.
 
-Reads ``../shared/data/brain_tumor_progression_dicom`` (three studies, each a T1post MR series with a tumour
-mask series on the same grid), trains ``bundles/unet3d_volume`` on the studies that are not ``--test-study``
-(default PGBM-003: the other patient, so no patient is in both sets), segments the held-out T1post series
-straight from its DICOM folder with ``monai_unet.predict`` (the CLI's code path; the label map is written back on
-the series' own grid), and reports tumour Dice against the mask series, voxel for voxel in that grid.
+Reads ``../shared/data/brain_tumor_progression_dicom`` (four studies of two patients, each with a T1post MR series
+and a tumour mask series on the same grid), trains ``bundles/unet3d_volume`` on the studies whose path does not
+contain ``--test-study`` (default PGBM-003: the other patient's studies, so no patient is in both sets), segments
+each held-out T1post series straight from its DICOM folder with ``monai_unet.predict`` (the CLI's code path; the
+label map is written back on the series' own grid), and reports tumour Dice against its mask series, voxel for
+voxel in that grid, per study and their mean.
 
 Usage:
     python scripts/eval_brain_dicom.py                         # 1200 iterations, ~10 min on 2 CPU cores
-    python scripts/eval_brain_dicom.py --test-study 11-19-1991 # hold out one PGBM-001 study instead
+    python scripts/eval_brain_dicom.py --test-study PGBM-001   # hold out the other patient
     python scripts/eval_brain_dicom.py --evaluate-only         # re-score the weights of an earlier run
 
 Writes ``<out-dir>/results.json`` and the prediction under ``<out-dir>/predictions``.
@@ -46,7 +47,9 @@ def dice(pred: np.ndarray, true: np.ndarray) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the Brain-Tumor-Progression DICOM folder")
-    p.add_argument("--test-study", default="PGBM-003", help="a part of the held-out study's path (one study)")
+    p.add_argument(
+        "--test-study", default="PGBM-003", help="a part of the held-out studies' paths (a patient, or one study)"
+    )
     p.add_argument("--out-dir", type=Path, default=REPO / "runs" / "brain_dicom", help="bundle_root of the run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-epochs", type=int, default=30, help="epochs of the bundle's 40 iterations (default 30)")
@@ -64,10 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     data = args.data.resolve()
     items = volume_datalist(data)
     held = [i for i, item in enumerate(items) if args.test_study in item["image"]]
-    if len(held) != 1:
-        names = [str(Path(item["image"]).relative_to(data)) for item in items]
-        raise SystemExit(f"--test-study {args.test_study!r} should match exactly one of these studies: {names}")
-    test = items[held[0]]
+    if not held or len(held) == len(items):
+        names = [str(Path(item["image"]).parent.relative_to(data)) for item in items]
+        raise SystemExit(
+            f"--test-study {args.test_study!r} should match some but not all of these studies (the others train): "
+            f"{names}"
+        )
+    tests = [items[i] for i in held]
     out_dir = args.out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     overrides = {"seed": args.seed, "val_indices": held, "max_epochs": args.max_epochs}
@@ -79,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = json.loads(results_path.read_text()) if results_path.is_file() else {}
     train_seconds, iterations = previous.get("train_seconds"), previous.get("iterations")
     if not args.evaluate_only:
-        train_names = [Path(it["image"]).parent.name for i, it in enumerate(items) if i != held[0]]
+        train_names = [str(Path(it["image"]).parent.relative_to(data)) for i, it in enumerate(items) if i not in held]
         print(f"[1/2] training the 3D bundle on {len(train_names)} studies: {', '.join(train_names)}", flush=True)
         start = time.perf_counter()
         run_bundle("unet3d_volume", "training", ["train"], bundle_root=out_dir, dataset_dir=str(data), **overrides)
@@ -90,11 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     if not weights.is_file():
         raise SystemExit(f"{weights} does not exist: train first (run without --evaluate-only).")
 
-    print(f"[2/2] segmenting the held-out series {test['image']}", flush=True)
+    print(f"[2/2] segmenting the {len(tests)} held-out T1post series", flush=True)
     start = time.perf_counter()
     results = predict(
         "unet3d_volume",
-        [test["image"]],
+        [test["image"] for test in tests],
         out_dir / "predictions",
         checkpoint=weights,
         device=args.device,
@@ -102,19 +108,24 @@ def main(argv: list[str] | None = None) -> int:
         progress=False,
     )
     infer_seconds = time.perf_counter() - start
-    if results[0].status != "done":
-        raise SystemExit(f"prediction failed: {results[0].reason}")
-    pred = load_ras(results[0].outputs[0]) > 0
-    true = load_ras(test["label"]) > 0
-    if pred.shape != true.shape:
-        raise SystemExit(f"prediction {pred.shape} and mask series {true.shape} are not on one grid")
-    score = dice(pred, true)
+    per_study = {}
+    for test, res in zip(tests, results):
+        if res.status != "done":
+            raise SystemExit(f"prediction of {test['image']} failed: {res.reason}")
+        pred = load_ras(res.outputs[0]) > 0
+        true = load_ras(test["label"]) > 0
+        if pred.shape != true.shape:
+            raise SystemExit(f"prediction {pred.shape} and mask series {true.shape} are not on one grid")
+        per_study[str(Path(test["image"]).parent.relative_to(data))] = {
+            "tumour_dice": dice(pred, true),
+            "predicted_voxels": int(pred.sum()),
+            "mask_voxels": int(true.sum()),
+            "grid": list(pred.shape),
+        }
+    score = float(np.mean([r["tumour_dice"] for r in per_study.values()]))
     result = {
-        "test_study": str(Path(test["image"]).parent.relative_to(data)),
+        "test_studies": per_study,
         "tumour_dice": score,
-        "predicted_voxels": int(pred.sum()),
-        "mask_voxels": int(true.sum()),
-        "grid": list(pred.shape),
         "train_seconds": train_seconds,
         "iterations": iterations,
         "inference_seconds": infer_seconds,
@@ -124,10 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     with atomic_output(results_path) as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")
     minutes = "n/a" if train_seconds is None else f"{train_seconds / 60:.1f} min"
+    print()
+    for name, r in per_study.items():
+        print(
+            f"held-out study {name}: tumour Dice {r['tumour_dice']:.3f} ({r['mask_voxels']} mask voxels, "
+            f"{r['predicted_voxels']} predicted, grid {tuple(r['grid'])})"
+        )
     print(
-        f"\nheld-out study {result['test_study']}: tumour Dice {score:.3f} ({int(true.sum())} mask voxels, "
-        f"{int(pred.sum())} predicted, grid {pred.shape}); training {minutes}, {iterations} iterations; "
-        f"inference {infer_seconds:.1f} s\nresults: {results_path}"
+        f"mean tumour Dice {score:.3f}; training {minutes}, {iterations} iterations; inference {infer_seconds:.1f} s"
+        f"\nresults: {results_path}"
     )
     return 0
 

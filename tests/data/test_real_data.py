@@ -62,7 +62,8 @@ def _affine_from_dicom_tags(series: Path) -> tuple[np.ndarray, int]:
 
 def test_brain_tumor_dicom_studies_load_on_one_grid(shared_data):
     items = volume_datalist(shared_data / "brain_tumor_progression_dicom")
-    assert len(items) == 3
+    assert len(items) == 4  # four studies of two patients
+    assert sorted({Path(it["image"]).parts[-3] for it in items}) == ["PGBM-001", "PGBM-003"]
     assert all("T1post" in Path(it["image"]).name and "MaskTumor" in Path(it["label"]).name for it in items)
     assert all(Path(it["image"]).parent == Path(it["label"]).parent for it in items)
     load = LoadImaged(keys=["image", "label"], **load_image_kwargs("volume"))
@@ -70,9 +71,10 @@ def test_brain_tumor_dicom_studies_load_on_one_grid(shared_data):
         data = load(item)
         image, label = data["image"], data["label"]
         expected, slices = _affine_from_dicom_tags(Path(item["image"]))
-        assert image.shape == label.shape == (1, image.shape[1], 320, slices)
-        assert image.shape[1] in (260, 280) and 22 <= slices <= 25
-        np.testing.assert_allclose(image.pixdim.numpy(), (0.6875, 0.6875, 6.5), atol=1e-4)
+        assert image.shape == label.shape == (1, *image.shape[1:3], slices)
+        assert image.shape[1:3] in ((260, 320), (280, 320), (512, 512)) and 22 <= slices <= 25
+        in_plane = 0.6875 if image.shape[2] == 320 else 0.4297  # one study is 512 x 512 at 0.43 mm
+        np.testing.assert_allclose(image.pixdim.numpy(), (in_plane, in_plane, 6.5), atol=1e-4)
         np.testing.assert_allclose(image.affine.numpy(), expected, atol=1e-3)  # oblique direction honoured
         np.testing.assert_allclose(label.affine.numpy(), image.affine.numpy(), atol=1e-3)  # same voxel grid
         direction = image.affine.numpy()[:3, :3] / image.pixdim.numpy()

@@ -20,5 +20,6 @@ def test_series_of_the_real_studies(shared_data, tmp_path):
         for f in folder.glob("*.dcm"):
             os.symlink(f, mixed / f"s{k}_{f.name}")
     found = find_dicom_series(mixed)
-    assert len(found) == 2 and {len(s.files) for s in found} == {len(list(f.glob("*.dcm"))) for f in folders}
+    assert len(found) == len(folders) == 5  # four MR sequences and the mask
+    assert {len(s.files) for s in found} == {len(list(f.glob("*.dcm"))) for f in folders}
     assert find_dicom_series(tmp_path / "mixed" / "..") == []  # subfolders are not searched

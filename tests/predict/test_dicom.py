@@ -33,13 +33,13 @@ def run(runner, inputs, out, **kwargs):
 
 @pytest.fixture(scope="module")
 def t1_results(runners, shared_data, tmp_path_factory) -> dict[Path, object]:
-    """``{study: Result}``: the T1post series of the three studies segmented once (with DICOM-SEG)."""
+    """``{study: Result}``: the T1post series of the four studies segmented once (with DICOM-SEG)."""
     all_studies = studies(shared_data)
-    assert len(all_studies) == 3
+    assert len(all_studies) == 4
     t1 = [series_folder(s, "T1post") for s in all_studies]
     with_seg = importlib.util.find_spec("highdicom") is not None  # DICOM-SEG needs the dicom extra
     results = run(runners["unet3d_volume"], t1, tmp_path_factory.mktemp("t1"), dicom_seg=with_seg)
-    assert [r.status for r in results] == ["done"] * 3, [r.reason for r in results]
+    assert [r.status for r in results] == ["done"] * 4, [r.reason for r in results]
     by_key = {r.key: r for r in results}
     return {s: by_key[str(series_folder(s, "T1post"))] for s in all_studies}
 

@@ -100,9 +100,14 @@ def test_eval_brain_dicom_from_the_series(shared_data: Path, tmp_path: Path) -> 
     tiny = ["max_epochs=1", "epoch_length=2", "val_interval=5", "num_workers=0"]
     eval_brain_dicom.main(["--data", str(data), "--out-dir", str(tmp_path), "--set", *tiny])
     result = json.loads((tmp_path / "results.json").read_text())
-    assert result["test_study"].startswith("PGBM-003") and result["iterations"] == 2
-    assert 0.0 <= result["tumour_dice"] <= 1.0 and result["mask_voxels"] > 0
-    # scored on the series' own grid (280 x 320 pixels, 22 slices), not the resampled training grid
-    assert sorted(result["grid"]) == [22, 280, 320]
-    with pytest.raises(SystemExit, match="should match exactly one"):
-        eval_brain_dicom.main(["--data", str(data), "--out-dir", str(tmp_path), "--test-study", "PGBM-001"])
+    # the held-out patient's two studies, never a study of the training patient
+    studies = result["test_studies"]
+    assert sorted(studies) == sorted(str(p.relative_to(data)) for p in (data / "PGBM-003").iterdir())
+    assert result["iterations"] == 2
+    assert all(r["mask_voxels"] > 0 for r in studies.values())
+    assert result["tumour_dice"] == pytest.approx(np.mean([r["tumour_dice"] for r in studies.values()]))
+    # scored on each series' own grid (280 x 320 and 512 x 512 pixels), not the resampled training grid
+    assert sorted(sorted(r["grid"]) for r in studies.values()) == [[22, 280, 320], [24, 512, 512]]
+    for bad in ("PGBM", "PGBM-009"):  # all studies (none left to train) or none
+        with pytest.raises(SystemExit, match="some but not all"):
+            eval_brain_dicom.main(["--data", str(data), "--out-dir", str(tmp_path), "--test-study", bad])
