@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BUNDLE_NAMES", "bundle_config", "find_bundle", "run_bundle"]
+__all__ = [
+    "BUNDLE_NAMES",
+    "bundle_config",
+    "find_bundle",
+    "inference_workflow",
+    "load_weights",
+    "run_bundle",
+    "state_dict_from",
+]
 
 BUNDLE_NAMES = ("unet2d_membrane", "unet3d_volume")
 
@@ -73,3 +81,76 @@ def run_bundle(
         bundle_root=str(root),
         **overrides,
     )
+
+
+def inference_workflow(
+    bundle: str | os.PathLike,
+    config: str = "inference",
+    overrides: Mapping[str, Any] | None = None,
+) -> Any:
+    """The bundle's inference config as an initialized ``monai.bundle.ConfigWorkflow(workflow_type="infer")``.
+
+    Its properties (``network_def``, ``inferer``, ``preprocessing``, ``postprocessing``, ``device``...) are what
+    ``python -m monai.bundle run`` would build; ``initialize`` has run. ``overrides`` are config ids and values
+    set before parsing (e.g. ``{"device": "$torch.device('cpu')", "infer_tile_size": [572, 572]}``).
+    The bundle's logging config is not applied (the caller owns logging).
+    """
+    import logging
+
+    from monai.bundle import ConfigWorkflow
+
+    path = find_bundle(bundle)
+    quiet = logging.getLogger("monai.bundle.workflows")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # "Logging file is set to False, skipping logging."
+    try:
+        workflow = ConfigWorkflow(
+            config_file=str(bundle_config(path, config)),
+            meta_file=str(bundle_config(path, "metadata")),
+            logging_file=False,
+            workflow_type="infer",
+            **{"bundle_root": str(path), **dict(overrides or {})},
+        )
+    finally:
+        quiet.setLevel(level)
+    workflow.initialize()
+    if "imports" in workflow.parser:  # `$import x` lines, as `monai.bundle run` evaluates them
+        workflow.parser.get_parsed_content("imports")
+    return workflow
+
+
+def state_dict_from(checkpoint: Any) -> Mapping[str, Any]:
+    """The network weights inside a loaded checkpoint: a ``state_dict`` itself, or the one held under ``model``,
+    ``network`` or ``state_dict`` (MONAI's ``CheckpointSaver`` / this package's full-state checkpoints)."""
+    if isinstance(checkpoint, Mapping):
+        for key in ("model", "network", "state_dict"):
+            if key in checkpoint and isinstance(checkpoint[key], Mapping):
+                return checkpoint[key]
+        return checkpoint
+    raise ValueError(f"a checkpoint holds a state_dict (a mapping of tensors), not a {type(checkpoint).__name__}.")
+
+
+def load_weights(network: Any, path: str | os.PathLike, map_location: Any = "cpu", what: str = "the network") -> None:
+    """Load the weights of checkpoint ``path`` into ``network``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not a PyTorch checkpoint, or its weights do not fit ``network`` (says which keys or
+            shapes differ).
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found.")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        why = " ".join(str(e).split())[:200] or type(e).__name__
+        raise ValueError(
+            f"cannot read checkpoint {path}: it is not a PyTorch weights file ({type(e).__name__}: {why})."
+        ) from e
+    try:
+        network.load_state_dict(state_dict_from(state))
+    except Exception as e:
+        raise ValueError(f"checkpoint {path} does not fit {what}: {' '.join(str(e).split())[:400]}") from e

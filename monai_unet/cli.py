@@ -40,9 +40,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _dice(pred, label) -> float:
-    inter = float((pred & label).sum())
-    total = float(pred.sum() + label.sum())
-    return 1.0 if total == 0 else 2.0 * inter / total
+    """Dice of two boolean masks (MONAI's ``compute_dice``; 1.0 when both are empty)."""
+    import torch
+    from monai.metrics import compute_dice
+
+    y_pred, y = (torch.as_tensor(m, dtype=torch.float32)[None, None] for m in (pred, label))
+    return float(compute_dice(y_pred, y, include_background=True, ignore_empty=False).item())
 
 
 def _cmd_quickstart(args: argparse.Namespace) -> int:

@@ -81,7 +81,7 @@ def make_checkpoint(path: Path, features: list[int] | None) -> Path:
     return path
 
 
-IMPORT_ONLY = "import torch, monai, zarr, tifffile; import monai_unet.predict, monai_unet.predict_runner"
+IMPORT_ONLY = "import torch, monai, zarr, tifffile; import monai_unet.predict"
 
 SWI_CHILD = """
 import sys, numpy as np, torch, tifffile, zarr
@@ -113,7 +113,7 @@ def crop_check(
     from monai.data import MetaTensor
 
     from monai_unet.networks.sizes import halo_1d
-    from monai_unet.predict_runner import BundleRunner
+    from monai_unet.predict.runner import BundleRunner
 
     runner = BundleRunner(
         BUNDLE, checkpoint=checkpoint, device="cpu", overrides={"features": features} if features else None

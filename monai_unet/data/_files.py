@@ -1,66 +1,20 @@
-"""Atomic file writing and the manifest that marks a generated dataset complete.
+"""The manifest that marks a generated dataset complete.
 
-Every file is written to a hidden temporary name in its destination folder and then renamed, so an interrupted run
-never leaves a half-written file under a name that a datalist would pick up.
+Every file is written by :mod:`monai_unet.io.writers` (a hidden temporary name in its destination folder, then a
+rename), so an interrupted run never leaves a half-written file under a name that a datalist would pick up.
 """
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from monai_unet.io.atomic import atomic_output
+from monai_unet.io.writers import write_json
 
 MANIFEST_NAME = ".monai_unet_dataset.json"
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
-    with atomic_output(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
-def atomic_write_png(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write a 2D uint8 array as a greyscale PNG, atomically."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8), mode="L").save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def atomic_write_tiff(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write one 2D array as a single-page TIFF (dtype preserved), atomically."""
-    import tifffile
-
-    buf = io.BytesIO()
-    tifffile.imwrite(buf, np.ascontiguousarray(array))
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def atomic_write_nifti(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray) -> None:
-    """Write a NIfTI-1 file (``.nii`` or ``.nii.gz``) with ``affine`` as both qform and sform, atomically."""
-    import nibabel as nib
-
-    img = nib.Nifti1Image(array, affine)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    data = img.to_bytes()
-    if str(path).endswith(".gz"):
-        data = gzip.compress(data, compresslevel=1, mtime=0)
-    atomic_write_bytes(path, data)
 
 
 def _jsonable(value: Any) -> Any:
@@ -118,11 +72,11 @@ def ensure_generated(
             "refusing to write into it. Use an empty or new folder."
         )
     record = {"generator": generator, "params": params, "complete": False}
-    atomic_write_json(manifest_path, record)
+    write_json(manifest_path, record)
     for i, files in enumerate(items):
         if not all((out / f).is_file() for f in files):
             make_item(i)
     if extra_files is not None:
         extra_files()
-    atomic_write_json(manifest_path, {**record, "complete": True})
+    write_json(manifest_path, {**record, "complete": True})
     return out

@@ -19,9 +19,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
+from monai.data import partition_dataset
 
-from monai_unet.data._files import atomic_write_json, atomic_write_tiff
+from monai_unet.io.formats import IMAGE_SUFFIXES_2D, TIFF_SUFFIXES, VOLUME_SUFFIXES, strip_suffix, suffix_of
+from monai_unet.io.writers import write_json, write_tiff
 
 __all__ = [
     "IMAGE_SUFFIXES_2D",
@@ -33,24 +34,9 @@ __all__ = [
     "volume_datalist",
 ]
 
-IMAGE_SUFFIXES_2D = (".png", ".tif", ".tiff")
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-_TIFF_SUFFIXES = (".tif", ".tiff")
 _STACK_IMAGE_WORDS = ("volume", "images", "image")
 _STACK_LABEL_WORDS = ("labels", "label", "masks", "mask")
 Item = dict[str, str]
-
-
-def _suffix(name: str, suffixes: Sequence[str]) -> str | None:
-    """The suffix of ``suffixes`` that ``name`` ends with (case-insensitive), or None."""
-    low = name.lower()
-    return next((s for s in suffixes if low.endswith(s)), None)
-
-
-def _stem(name: str, suffixes: Sequence[str]) -> str:
-    """``name`` without its (possibly double, e.g. ``.nii.gz``) suffix."""
-    suffix = _suffix(name, suffixes)
-    return name[: -len(suffix)] if suffix else name
 
 
 def _visible(folder: Path) -> list[Path]:
@@ -95,7 +81,7 @@ def _page_cache_dir(stack: Path, cache_dir: str | os.PathLike | None) -> Path:
     stat = stack.stat()
     key = hashlib.sha1(f"{stack.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
     root = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "monai_unet" / "tiff_pages"
-    return root / f"{_stem(stack.name, _TIFF_SUFFIXES)}_{key}"
+    return root / f"{strip_suffix(stack.name, TIFF_SUFFIXES)}_{key}"
 
 
 def split_tiff_stack(stack: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> list[str]:
@@ -122,8 +108,8 @@ def split_tiff_stack(stack: str | os.PathLike, cache_dir: str | os.PathLike | No
         if not (done.is_file() and all(p.is_file() for p in pages)):
             for i, page in enumerate(tif.pages):
                 if not pages[i].is_file():
-                    atomic_write_tiff(pages[i], page.asarray())
-            atomic_write_json(done, {"source": str(stack.resolve()), "pages": n})
+                    write_tiff(page.asarray(), pages[i], compression=None)
+            write_json(done, {"source": str(stack.resolve()), "pages": n})
     return [str(p) for p in pages]
 
 
@@ -166,7 +152,7 @@ def tiff_stack_datalist(
 
 def _find_stack_pairs(folder: Path) -> list[tuple[Path, Path]]:
     """Top-level TIFF pairs whose names differ only in an image word and a label word (train-volume/train-labels)."""
-    tiffs = {p.name.lower(): p for p in _visible(folder) if p.is_file() and _suffix(p.name, _TIFF_SUFFIXES)}
+    tiffs = {p.name.lower(): p for p in _visible(folder) if p.is_file() and suffix_of(p.name, TIFF_SUFFIXES)}
     pairs = []
     for name, path in tiffs.items():
         for iw in _STACK_IMAGE_WORDS:
@@ -217,8 +203,8 @@ def membrane_datalist(
     if images_path.is_dir() and labels_path.is_dir():
         files = {}
         for folder in (images_path, labels_path):
-            entries = [p for p in _visible(folder) if p.is_file() and _suffix(p.name, IMAGE_SUFFIXES_2D)]
-            keyed = {_stem(p.name, IMAGE_SUFFIXES_2D): p for p in entries}
+            entries = [p for p in _visible(folder) if p.is_file() and suffix_of(p.name, IMAGE_SUFFIXES_2D)]
+            keyed = {strip_suffix(p.name, IMAGE_SUFFIXES_2D): p for p in entries}
             if len(keyed) < len(entries):
                 raise ValueError(f"{folder} holds files with the same name and different extensions.")
             files[folder] = keyed
@@ -230,7 +216,7 @@ def membrane_datalist(
         pairs = _pair_by_name(files[images_path], files[labels_path], images_path, labels_path)
         items: list[Item] = []
         for image, label in pairs:
-            if _suffix(image.name, _TIFF_SUFFIXES) and _tiff_pages(image) > 1:
+            if suffix_of(image.name, TIFF_SUFFIXES) and _tiff_pages(image) > 1:
                 items.extend(tiff_stack_datalist(image, label, cache_dir))
             else:
                 items.append({"image": str(image), "label": str(label)})
@@ -286,8 +272,8 @@ def _volume_entries(folder: Path) -> dict[str, Path]:
     """Volume files (NIfTI/NRRD/MHA) and series folders (DICOM) of ``folder`` by name without extension."""
     entries = {}
     for p in _visible(folder):
-        if p.is_file() and _suffix(p.name, VOLUME_SUFFIXES):
-            entries[_stem(p.name, VOLUME_SUFFIXES)] = p
+        if p.is_file() and suffix_of(p.name, VOLUME_SUFFIXES):
+            entries[strip_suffix(p.name, VOLUME_SUFFIXES)] = p
         elif p.is_dir():
             entries[p.name] = p
     return entries
@@ -385,8 +371,9 @@ def split_datalist(
 
     Args:
         items: the datalist.
-        val_fraction: fraction of items for validation, drawn by a seeded permutation; at least one item goes to
-            each side when there are two or more items. Ignored when ``val_indices`` is given.
+        val_fraction: fraction of items for validation, drawn by ``monai.data.partition_dataset`` with ``seed``;
+            at least one item goes to each side when there are two or more items. Ignored when ``val_indices`` is
+            given.
         val_indices: explicit indices of the validation items (in ``items``).
         seed: seed of the permutation.
 
@@ -410,6 +397,7 @@ def split_datalist(
         if n < 2:
             raise ValueError(f"Cannot split {n} item(s) into training and validation; give at least 2.")
         n_val = min(n - 1, max(1, round(n * val_fraction)))
-        val = sorted(np.random.default_rng(seed).permutation(n)[:n_val].tolist())
+        _, val = partition_dataset(list(range(n)), ratios=[n - n_val, n_val], shuffle=True, seed=seed)
+        val = sorted(val)
     val_set = set(val)
     return [it for i, it in enumerate(items) if i not in val_set], [items[i] for i in val]

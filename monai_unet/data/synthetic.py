@@ -20,7 +20,8 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
-from monai_unet.data._files import atomic_write_json, atomic_write_nifti, atomic_write_png, ensure_generated
+from monai_unet.data._files import ensure_generated
+from monai_unet.io.writers import write_json, write_nifti, write_png
 
 __all__ = ["em_section", "make_em_dataset", "make_volume_dataset", "volume_sample"]
 
@@ -151,8 +152,8 @@ def make_em_dataset(
 
     def make_item(i: int) -> None:
         image, label = em_section(size_hw, np.random.default_rng([seed, i]))
-        atomic_write_png(out / items[i][1], label)  # label first: the image's presence marks the pair
-        atomic_write_png(out / items[i][0], image)
+        write_png(label, out / items[i][1])  # label first: the image's presence marks the pair
+        write_png(image, out / items[i][0])
 
     params = {"num_images": num_images, "size": size_hw, "seed": seed, "version": EM_GENERATOR_VERSION}
     return ensure_generated(out, "em", params, items, make_item)
@@ -265,11 +266,11 @@ def make_volume_dataset(
 
     def make_item(i: int) -> None:
         image, label, affine = volume_sample(shape, spacing, np.random.default_rng([seed, i]))
-        atomic_write_nifti(out / items[i][1], label, affine)
-        atomic_write_nifti(out / items[i][0], image, affine)
+        write_nifti(label, affine, out / items[i][1])
+        write_nifti(image, affine, out / items[i][0])
 
     def write_dataset_json() -> None:
-        atomic_write_json(
+        write_json(
             out / "dataset.json",
             {
                 "name": "SyntheticBlobs",

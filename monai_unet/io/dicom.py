@@ -31,16 +31,16 @@ class DicomSeries:
 
 
 def looks_like_dicom(path: str | os.PathLike) -> bool:
-    """Whether a file has the DICOM preamble (``DICM`` at byte 128) or a ``.dcm`` name."""
+    """Whether a file has a ``.dcm`` name or the DICOM preamble (``pydicom.misc.is_dicom``: ``DICM`` at byte 128)."""
+    from pydicom.misc import is_dicom
+
     path = Path(path)
     if path.suffix.lower() == ".dcm":
         return True
     try:
-        with open(path, "rb") as f:
-            head = f.read(132)
+        return bool(is_dicom(path))
     except OSError:
         return False
-    return len(head) == 132 and head[128:132] == b"DICM"
 
 
 def find_dicom_series(folder: str | os.PathLike) -> list[DicomSeries]:

@@ -17,13 +17,12 @@ __all__ = ["write_dicom_seg"]
 
 
 def _require() -> tuple:
-    try:
-        import highdicom
-        import pydicom
-    except ImportError as e:
-        raise ImportError(
-            f'writing DICOM-SEG needs pydicom and highdicom: pip install "monai-unet[dicom]" ({e})'
-        ) from e
+    from monai.utils import optional_import
+
+    highdicom, has_highdicom = optional_import("highdicom")
+    pydicom, has_pydicom = optional_import("pydicom")
+    if not (has_highdicom and has_pydicom):
+        raise ImportError('writing DICOM-SEG needs pydicom and highdicom: pip install "monai-unet[dicom]".')
     if "float_" not in np.__dict__:
         # highdicom 0.22 (the version MONAI Label's pydicom 2.4 allows) still names np.float_, removed in NumPy 2
         np.float_ = np.float64  # noqa: NPY201

@@ -1,4 +1,5 @@
-"""Atomic writers for prediction outputs: NIfTI, PNG, TIFF (multi-page), and tile-streamed OME-TIFF from zarr.
+"""The one set of atomic writers (predictions, generated datasets): NIfTI, PNG, TIFF (multi-page), JSON, and
+tile-streamed OME-TIFF from zarr.
 
 Every writer goes through :func:`~monai_unet.io.atomic.atomic_output`: a kill at any moment leaves the complete
 file or none. Arrays are given in the file's own axis order (rows, columns for 2D images; X, Y, Z for NIfTI).
@@ -15,7 +16,16 @@ import numpy as np
 
 from monai_unet.io.atomic import atomic_output
 
-__all__ = ["write_nifti", "write_ome_tiff_from_array", "write_png", "write_tiff"]
+__all__ = ["write_json", "write_nifti", "write_ome_tiff_from_array", "write_png", "write_tiff"]
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON."""
+    import json
+
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    return Path(path)
 
 
 def write_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> Path:

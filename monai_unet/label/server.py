@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from monai_unet.bundles import BUNDLE_NAMES, bundle_config, find_bundle
+from monai_unet.bundles import BUNDLE_NAMES, find_bundle, state_dict_from
 
 if TYPE_CHECKING:
     import torch
@@ -47,10 +47,11 @@ from monai_unet.label.main import MonaiUnetApp  # noqa: F401
 
 
 def _require_monailabel() -> None:
-    try:
-        import monailabel  # noqa: F401
-    except ImportError as e:
-        raise SystemExit(f'monai-unet label needs MONAI Label ({e}): pip install "monai-unet[label]".') from None
+    from monai.utils import optional_import
+
+    _, has_monailabel = optional_import("monailabel")
+    if not has_monailabel:
+        raise SystemExit('monai-unet label needs MONAI Label: pip install "monai-unet[label]".')
 
 
 def selected_models(models: str | Sequence[str] = "all") -> list[str]:
@@ -65,12 +66,10 @@ def selected_models(models: str | Sequence[str] = "all") -> list[str]:
 
 
 def _network(folder: Path) -> torch.nn.Module:
-    """The bundle's ``network_def`` of ``inference.json`` (what the infer task builds)."""
-    from monai.bundle import ConfigParser
+    """The bundle's ``network_def`` of ``inference.json`` (what the infer task builds), on the CPU."""
+    from monai_unet.bundles import inference_workflow
 
-    parser = ConfigParser()
-    parser.read_config(str(bundle_config(folder, "inference")))
-    return parser.get_parsed_content("network_def", instantiate=True)
+    return inference_workflow(folder, overrides={"device": "$torch.device('cpu')"}).network_def
 
 
 def _check_weights(folder: Path, name: str, path: Path | None = None) -> None:
@@ -79,7 +78,7 @@ def _check_weights(folder: Path, name: str, path: Path | None = None) -> None:
 
     path = folder / "models" / "model.pt" if path is None else path
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
+    state = state_dict_from(checkpoint) if isinstance(checkpoint, dict) else None
     want = {k: tuple(v.shape) for k, v in _network(folder).state_dict().items()}
     have = {k: tuple(v.shape) for k, v in state.items()} if isinstance(state, dict) else {}
     if have != want:

@@ -17,10 +17,11 @@ from monai.config.type_definitions import NdarrayOrTensor
 from monai.transforms import LoadImage, MapTransform
 
 from monai_unet.data.labels import isbi_membrane_label
+from monai_unet.io.formats import STUDY_SUFFIXES_2D, VOLUME_SUFFIXES, read_image_information, suffix_of
 
 __all__ = ["TWO_D_SUFFIXES", "LoadImage2Dd", "image_spatial_dims", "membrane_classes"]
 
-TWO_D_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+TWO_D_SUFFIXES = STUDY_SUFFIXES_2D
 
 
 def image_spatial_dims(path: str | Path) -> int:
@@ -37,16 +38,9 @@ def image_spatial_dims(path: str | Path) -> int:
         return 3
     if name.endswith(TWO_D_SUFFIXES):
         return 2
-    if name.endswith((".nii", ".nii.gz")):
-        import nibabel as nib
-
-        shape = nib.load(str(path)).shape
-    elif name.endswith(".nrrd"):
-        import nrrd
-
-        shape = tuple(nrrd.read_header(str(path))["sizes"])
-    else:
-        raise ValueError(f"{path}: unknown image type; give PNG/TIFF/JPEG (2D) or NIfTI/NRRD (3D) files.")
+    if not suffix_of(name, VOLUME_SUFFIXES):
+        raise ValueError(f"{path}: unknown image type; give PNG/TIFF/JPEG (2D) or NIfTI/NRRD/MHA (3D) files.")
+    shape, _ = read_image_information(path)
     return 2 if len(shape) < 3 or shape[2] == 1 else 3
 
 

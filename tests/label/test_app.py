@@ -60,8 +60,14 @@ def test_image_spatial_dims(tmp_path: Path) -> None:
     assert image_spatial_dims(nii) == 2
     assert image_spatial_dims(vol) == 3
     assert image_spatial_dims(tmp_path) == 3  # a DICOM series folder
-    with pytest.raises(ValueError, match="unknown image type"):
+    import SimpleITK as sitk
+
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((3, 8, 8), np.float32)), str(tmp_path / "vol.mha"))
+    assert image_spatial_dims(tmp_path / "vol.mha") == 3  # every format ITK reads, from its header
+    with pytest.raises(ValueError, match=r"x\.mha: cannot read the image header"):
         image_spatial_dims(tmp_path / "x.mha")
+    with pytest.raises(ValueError, match="unknown image type"):
+        image_spatial_dims(tmp_path / "x.xyz")
 
 
 def test_selected_models() -> None:

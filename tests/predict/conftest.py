@@ -18,7 +18,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def runners(checkpoints) -> dict:
     """Ready :class:`BundleRunner` objects (CPU) for both bundles, shared by the tests."""
-    from monai_unet.predict_runner import BundleRunner
+    from monai_unet.predict.runner import BundleRunner
 
     return {
         b: BundleRunner(b, checkpoint=checkpoints[b], device="cpu", overrides={"features": FEATURES[b]})

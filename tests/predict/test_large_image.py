@@ -1,4 +1,4 @@
-"""Per-tile preprocessing of large images equals the bundle's whole-image preprocessing."""
+"""Per-tile preprocessing of the larger-than-RAM predict path equals the bundle's whole-image preprocessing."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import tifffile
 import torch
 from monai.transforms import Compose, EnsureTyped, NormalizeIntensityd, ScaleIntensityd, ScaleIntensityRanged
 
-from monai_unet.io.large_image import LazyImage, open_tiff_lazily, pointwise_preprocessing, streaming_min_max
+from monai_unet.io.large_image import open_tiff_lazily
+from monai_unet.predict.large_image import LazyImage, pointwise_preprocessing, streaming_min_max
 
 
 @pytest.fixture

@@ -1,11 +1,11 @@
 """One bundle's ``inference.json`` run on one image at a time: what ``monai-unet predict`` does per input.
 
-The bundle's own objects are used (``network_def``, ``preprocessing``, ``inferer``, ``postprocessing``), parsed
-by ``monai.bundle.ConfigParser`` as ``python -m monai.bundle run`` would parse them. Two steps are replaced, as
-MONAI Label replaces them: the loading step is called per input (with a reader chosen for the input, e.g. one
-DICOM series of a folder holding several), and the final ``SaveImaged`` is dropped because the batch command
-writes its outputs itself, atomically. Everything between runs unchanged, so ``Invertd`` returns a 3D
-prediction to the input's own grid.
+The bundle's own objects are used (``network_def``, ``preprocessing``, ``inferer``, ``postprocessing``): the
+properties of ``monai.bundle.ConfigWorkflow(workflow_type="infer")``, built as ``python -m monai.bundle run``
+builds them. Two steps are replaced, as MONAI Label replaces them: the loading step is called per input (with a
+reader chosen for the input, e.g. one DICOM series of a folder holding several), and the final ``SaveImaged`` is
+dropped because the batch command writes its outputs itself, atomically. Everything between runs unchanged, so
+``Invertd`` returns a 3D prediction to the input's own grid.
 """
 
 from __future__ import annotations
@@ -59,28 +59,22 @@ class BundleRunner:
         overrides: Mapping[str, Any] | None = None,
         config: str = "inference",
     ) -> None:
-        from monai.bundle import ConfigParser
         from monai.transforms import Activationsd, Compose, Invertd, LoadImaged, SaveImaged
 
-        from monai_unet.bundles import bundle_config, find_bundle
+        from monai_unet.bundles import find_bundle, inference_workflow
 
         self.bundle = find_bundle(bundle)
-        parser = ConfigParser()
-        parser.read_meta(str(bundle_config(self.bundle, "metadata")))
-        parser.read_config(str(bundle_config(self.bundle, config)))
-        parser["bundle_root"] = str(self.bundle)
+        settings = dict(overrides or {})
         if device is not None:
-            parser["device"] = f"$torch.device('{device}')"
-        for key, value in (overrides or {}).items():
-            parser[key] = value
-        if "imports" in parser:
-            parser.get_parsed_content("imports")
-        self.device = torch.device(parser.get_parsed_content("device"))
-        self.network = parser.get_parsed_content("network_def").to(self.device).eval()
-        self.inferer = parser.get_parsed_content("inferer")
-        pre = _flatten(parser.get_parsed_content("preprocessing"))
-        post = _flatten(parser.get_parsed_content("postprocessing"))
-        self.checkpoint = Path(checkpoint if checkpoint is not None else parser.get_parsed_content("ckpt_path"))
+            settings["device"] = f"$torch.device('{device}')"
+        workflow = inference_workflow(self.bundle, config, settings)
+        self.device = torch.device(workflow.device)
+        self.network = workflow.network_def.to(self.device).eval()
+        self.inferer = workflow.inferer
+        pre = _flatten(workflow.preprocessing)
+        post = _flatten(workflow.postprocessing)
+        default = workflow.parser.get_parsed_content("ckpt_path")
+        self.checkpoint = Path(checkpoint if checkpoint is not None else default)
         self._load_weights()
 
         if not pre or not isinstance(pre[0], LoadImaged):
@@ -101,26 +95,14 @@ class BundleRunner:
         self.out_channels = int(getattr(self.network, "out_channels", 2))
 
     def _load_weights(self) -> None:
+        from monai_unet.bundles import load_weights
+
         if not self.checkpoint.is_file():
             raise FileNotFoundError(
                 f"checkpoint {self.checkpoint} not found: train the bundle first (monai-unet train --bundle "
                 f"{self.bundle.name} --work-dir DIR) and pass --checkpoint DIR/models/model.pt."
             )
-        try:
-            state = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
-        except Exception as e:
-            raise ValueError(f"cannot read checkpoint {self.checkpoint}: {e}") from e
-        if isinstance(state, Mapping):
-            for key in ("model", "network", "state_dict"):
-                if key in state and isinstance(state[key], Mapping):
-                    state = state[key]
-                    break
-        try:
-            self.network.load_state_dict(state)
-        except Exception as e:
-            raise ValueError(
-                f"checkpoint {self.checkpoint} does not fit the network of {self.bundle.name}: {str(e)[:400]}"
-            ) from e
+        load_weights(self.network, self.checkpoint, self.device, what=f"the network of {self.bundle.name}")
 
     # ---- one image ------------------------------------------------------------------------------------------
 

@@ -1,0 +1,165 @@
+"""Per-format work of ``monai-unet predict``: read one input, run the bundle, write its outputs atomically.
+
+- 3D (NIfTI, NRRD, MHA/MHD, DICOM series): the bundle's loading step (MONAI's reader; ``ITKReader`` with the
+  series identifier for a DICOM folder holding several series), then the bundle's pipeline, whose ``Invertd``
+  returns the label map to the input's grid; written as NIfTI with the input's affine (RAS), optionally the
+  class probabilities (NIfTI, classes on the fifth axis) and a DICOM-SEG referencing the source series.
+- 2D PNG: the bundle's loading step; output PNG.
+- 2D TIFF (also multi-page stacks and RGB): read with tifffile into the layout MONAI's ``PILReader`` gives
+  (``(C, W, H)``, float32), one page at a time; output a TIFF with one page per input page.
+
+2D TIFFs larger than ``large_threshold`` pixels take the larger-than-RAM path of
+:mod:`monai_unet.predict.large_image`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from monai_unet.predict.inputs import InputItem, PredictOptions
+from monai_unet.predict.runner import BundleRunner, InputError
+
+__all__ = ["is_large_tiff", "predict_2d", "predict_volume", "tiff_pages"]
+
+
+def _check_dims(path: Path, spatial_dims: int) -> None:
+    """Raise :class:`InputError` when a volume file's header has more than ``spatial_dims`` non-trivial axes."""
+    from monai_unet.io.formats import read_image_information
+
+    try:
+        size, components = read_image_information(path)
+    except ValueError as e:
+        raise InputError(str(e).removeprefix(f"{path}: ")) from e
+    shape = (*size, components) if components > 1 else size
+    extra = [s for s in shape[spatial_dims:] if s != 1]
+    if extra:
+        fix = (
+            "split the time/channel axis into separate volumes first"
+            if spatial_dims == 3
+            else "this bundle segments 2D images (PNG/TIFF): use a 3D bundle for volumes"
+        )
+        raise InputError(f"image is {len(shape)}D (shape {tuple(shape)}); {fix}.")
+
+
+def predict_volume(runner: BundleRunner, item: InputItem, outs: list[Path], options: PredictOptions) -> list[Path]:
+    """Segment a volume file or a DICOM series and write ``outs`` (from :func:`output_paths`): the label map
+    ``*_seg.nii.gz``, then the optional probabilities and DICOM-SEG."""
+    from monai.data import ITKReader
+
+    from monai_unet.io.writers import write_nifti
+
+    if runner.spatial_dims != 3:
+        what = "a DICOM series" if item.kind == "dicom" else "a volume file"
+        raise InputError(f"{what}; the bundle {runner.bundle.name} segments 2D images (PNG/TIFF): use a 3D bundle.")
+    reader = None
+    if item.kind == "dicom":
+        reader = ITKReader(series_name=item.series or "")
+    else:
+        _check_dims(item.path, runner.spatial_dims)
+    try:
+        img = runner.loader({runner.image_key: str(item.path)}, reader)[runner.image_key]
+    except Exception as e:
+        raise InputError(f"cannot read the image: {e}") from e
+    runner.check(img, item.key)
+    affine = np.asarray(img.affine, dtype=np.float64)
+    res = runner.run(img, probabilities=options.probabilities)
+    pred = res["pred"]
+    if tuple(pred.shape[1:]) != tuple(img.shape[1:]):
+        raise RuntimeError(
+            f"the bundle's postprocessing returned shape {tuple(pred.shape[1:])}, not the input's "
+            f"{tuple(img.shape[1:])}: it needs an Invertd step to return to the input grid."
+        )
+    label = np.asarray(pred[0].detach().cpu()).astype(runner.output_dtype or np.uint8)
+    written = [write_nifti(label, affine, outs[0])]
+    k = 1
+    if options.probabilities:
+        prob = np.asarray(res["prob"].detach().cpu(), dtype=np.float32)
+        written.append(write_nifti(np.moveaxis(prob, 0, -1), affine, outs[k]))
+        k += 1
+    if options.dicom_seg and item.kind == "dicom":
+        from monai_unet.io.dicom import find_dicom_series
+        from monai_unet.io.dicom_seg import write_dicom_seg
+
+        series = next(s for s in find_dicom_series(item.path) if s.uid == item.series)
+        written.append(write_dicom_seg(label, series.files, outs[k], n_classes=runner.out_channels))
+    return written
+
+
+def tiff_pages(path: Path) -> tuple[np.ndarray, int]:
+    """All pages of a small TIFF as ``(P, C, rows, columns)`` and the channel count (samples per pixel)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(str(path)) as tf:
+            series = tf.series[0]
+            axes, data = series.axes, series.asarray()
+    except Exception as e:
+        raise InputError(f"cannot read the TIFF: {e}") from e
+    if "Y" not in axes or "X" not in axes:
+        raise InputError(f"TIFF has axes {axes!r}, not an image (no Y and X axes).")
+    pages = "".join(a for a in axes if a not in "YXS")  # Z, T, C, Q... become pages
+    data = tifffile.transpose_axes(data, axes, asaxes=pages + "SYX")  # S of length 1 inserted when missing
+    data = data.reshape(-1, *data.shape[-3:])
+    return data, int(data.shape[1])
+
+
+def is_large_tiff(path: Path, threshold: int) -> bool:
+    """Whether ``path`` is a single-page, single-channel TIFF with more than ``threshold`` pixels."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(str(path)) as tf:
+            series = tf.series[0]
+            shape, axes = series.shape, series.axes
+    except Exception:
+        return False
+    spatial = math.prod(s for s, a in zip(shape, axes) if a in "YX")
+    others = math.prod(s for s, a in zip(shape, axes) if a not in "YX")
+    return others == 1 and spatial > threshold
+
+
+def _tiff_page_tensor(page: np.ndarray, path: Path) -> Any:
+    """A ``(C, rows, columns)`` page as the ``(C, W, H)`` float32 MetaTensor that ``PILReader`` would give."""
+    from monai.data import MetaTensor
+
+    x = torch.from_numpy(np.ascontiguousarray(np.swapaxes(page, -1, -2)).astype(np.float32))
+    return MetaTensor(x, meta={"filename_or_obj": str(path), "spatial_shape": np.asarray(x.shape[1:])})
+
+
+def predict_2d(runner: BundleRunner, item: InputItem, outs: list[Path], options: PredictOptions) -> list[Path]:
+    """Segment a PNG or a (multi-page) TIFF in memory and write ``outs`` (label map, then probabilities)."""
+    from monai_unet.io.writers import write_png, write_tiff
+
+    probs = options.probabilities
+    dtype = runner.output_dtype or np.uint8
+    if item.kind == "png":
+        try:
+            img = runner.loader({runner.image_key: str(item.path)})[runner.image_key]
+        except Exception as e:
+            raise InputError(f"cannot read the image: {e}") from e
+        images = [img]
+    else:
+        pages, _ = tiff_pages(item.path)
+        images = [_tiff_page_tensor(p, item.path) for p in pages]
+    labels, prob_maps = [], []
+    for n, img in enumerate(images):
+        try:
+            runner.check(img, item.key)
+        except InputError as e:
+            raise InputError(f"page {n}: {e}" if len(images) > 1 else str(e)) from e
+        res = runner.run(img, probabilities=probs)
+        labels.append(np.asarray(res["pred"][0].detach().cpu()).T.astype(dtype))
+        if probs:
+            prob_maps.append(np.swapaxes(np.asarray(res["prob"].detach().cpu(), dtype=np.float32), -1, -2))
+    if item.kind == "png":
+        written = [write_png(labels[0], outs[0])]
+    else:
+        written = [write_tiff(np.stack(labels) if len(labels) > 1 else labels[0], outs[0])]
+    if probs:
+        written.append(write_tiff(np.stack(prob_maps) if len(prob_maps) > 1 else prob_maps[0], outs[1]))
+    return written

@@ -1,0 +1,220 @@
+"""What ``monai-unet predict`` segments and where its outputs go: input discovery, options and output paths.
+
+:func:`discover_inputs` expands files and folders into :class:`InputItem` objects (a file, or one DICOM series of a
+folder); :func:`output_paths` names every output of one item under the output folder; :class:`PredictOptions`
+holds the batch's settings. Nothing here reads pixels or knows the network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from monai.utils import look_up_option
+
+from monai_unet.io.dicom import find_dicom_series, looks_like_dicom
+from monai_unet.io.formats import IMAGE_SUFFIXES_2D, VOLUME_SUFFIXES, strip_suffix, suffix_of
+
+__all__ = ["DEFAULT_LARGE_THRESHOLD", "LARGE_FORMATS", "InputItem", "PredictOptions", "discover_inputs", "output_paths"]
+
+DEFAULT_LARGE_THRESHOLD = 4096 * 4096
+LARGE_FORMATS = ("ome-tiff", "zarr")
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictOptions:
+    """The settings of one ``monai-unet predict`` batch.
+
+    Attributes:
+        probabilities: also write class probabilities (``*_probs.nii.gz`` / ``*_probs.tif``).
+        dicom_seg: also write a DICOM-SEG (``*_seg.dcm``) for DICOM inputs (needs highdicom).
+        large_threshold: 2D TIFFs with more pixels than this are read and written tile by tile.
+        large_format: output of the large path, ``"ome-tiff"`` or ``"zarr"``.
+        large_memory_mb: on the large path, tiles are capped so that their activations fit this many MiB
+            (``0``: the bundle's tile size); this bounds peak memory whatever the image size.
+        progress: progress bars over inputs and over the tiles of large images.
+        overwrite: redo inputs whose outputs exist.
+    """
+
+    probabilities: bool = False
+    dicom_seg: bool = False
+    large_threshold: int = DEFAULT_LARGE_THRESHOLD
+    large_format: str = "ome-tiff"
+    large_memory_mb: int = 192
+    progress: bool = True
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        look_up_option(self.large_format, LARGE_FORMATS)
+        if self.large_memory_mb < 0:
+            raise ValueError(f"large_memory_mb must be >= 0 (0: the bundle's tile size), got {self.large_memory_mb}.")
+
+
+@dataclasses.dataclass
+class InputItem:
+    """One volume or image to segment.
+
+    Attributes:
+        key: what the summary calls it (the path, plus ``#series`` for one series of a multi-series folder).
+        kind: ``"volume"``, ``"dicom"``, ``"png"``, ``"tiff"``, or ``"invalid"`` (found broken at discovery).
+        path: the file, or the DICOM folder.
+        rel: output path relative to the output folder, without the ``_seg`` suffix and extension.
+        series: the DICOM series identifier (ITK's), when the folder holds several.
+        error: why an ``"invalid"`` item cannot be segmented.
+    """
+
+    key: str
+    kind: str
+    path: Path
+    rel: Path
+    series: str | None = None
+    error: str | None = None
+
+
+@dataclasses.dataclass
+class Result:
+    """What happened to one input: ``status`` is ``"done"``, ``"skipped"`` or ``"failed"``."""
+
+    key: str
+    status: str
+    outputs: list[Path] = dataclasses.field(default_factory=list)
+    reason: str = ""
+    seconds: float = 0.0
+
+
+INPUT_SUFFIXES = VOLUME_SUFFIXES + IMAGE_SUFFIXES_2D
+
+
+def _strip(path: Path) -> Path:
+    return path.with_name(strip_suffix(path, (*INPUT_SUFFIXES, ".dcm")))
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "series"
+
+
+def _file_item(path: Path, rel: Path) -> InputItem:
+    if suffix_of(path, VOLUME_SUFFIXES):
+        return InputItem(str(path), "volume", path, _strip(rel))
+    s = suffix_of(path, IMAGE_SUFFIXES_2D)
+    if s:
+        return InputItem(str(path), "png" if s == ".png" else "tiff", path, _strip(rel))
+    why = (
+        "is a single DICOM file: give the folder holding its series"
+        if looks_like_dicom(path)
+        else "is not a supported input (NIfTI, NRRD, MHA/MHD, DICOM series folder, PNG, TIFF)"
+    )
+    return InputItem(str(path), "invalid", path, _strip(rel), error=f"{path.name} {why}.")
+
+
+def _dicom_items(folder: Path, files: list[Path], root: Path) -> list[InputItem]:
+    rel = folder.relative_to(root) if folder != root else Path(root.name)
+    try:
+        series = find_dicom_series(folder)
+    except Exception as e:  # GDCM errors on unreadable folders
+        series, err = [], str(e).splitlines()[0]
+    else:
+        err = ""
+    if not series:
+        return [
+            InputItem(
+                str(folder),
+                "invalid",
+                folder,
+                rel,
+                error=f"no readable DICOM series among {len(files)} DICOM-looking file(s) (corrupt?) {err}".strip(),
+            )
+        ]
+    if len(series) == 1:
+        return [InputItem(str(folder), "dicom", folder, rel, series=series[0].uid)]
+    return [InputItem(f"{folder}#{s.uid}", "dicom", folder, rel / _safe(s.uid[-40:]), series=s.uid) for s in series]
+
+
+def discover_inputs(paths: Sequence[str | os.PathLike], exclude: str | os.PathLike | None = None) -> list[InputItem]:
+    """Expand files and folders into the inputs to segment, sorted by key and without duplicates.
+
+    Files with a known suffix are inputs; in folders (walked recursively) other files that look like DICOM
+    (``.dcm`` or the ``DICM`` preamble) are grouped into series per folder, one input per series. A path that
+    does not exist, a folder with nothing to segment, and a DICOM folder without a readable series become
+    ``"invalid"`` items, so they show in the summary. Folders under ``exclude`` (the output folder, when it lies
+    inside an input folder) are not searched, so earlier outputs never become inputs.
+    """
+    items: dict[str, InputItem] = {}
+    skip = None if exclude is None else Path(exclude).expanduser().absolute()
+    for p in paths:
+        path = Path(p).expanduser().absolute()
+        if path.is_file():
+            item = _file_item(path, Path(path.name))
+            items.setdefault(item.key, item)
+            continue
+        if not path.is_dir():
+            items[str(path)] = InputItem(str(path), "invalid", path, Path(path.name), error=f"{path} does not exist.")
+            continue
+        found = 0
+        for folder, dirs, files in os.walk(path):
+            folder = Path(folder)
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (exclude is None or folder / d != skip))
+            dicom = []
+            for name in sorted(files):
+                f = folder / name
+                if name.startswith("."):
+                    continue
+                if suffix_of(f, INPUT_SUFFIXES):
+                    item = _file_item(f, f.relative_to(path))
+                    items.setdefault(item.key, item)
+                    found += 1
+                elif looks_like_dicom(f):
+                    dicom.append(f)
+            if dicom:
+                for item in _dicom_items(folder, dicom, path):
+                    items.setdefault(item.key, item)
+                    found += 1
+        if not found:
+            items[str(path)] = InputItem(
+                str(path), "invalid", path, Path(path.name), error=f"folder {path} holds no image or DICOM series."
+            )
+    ordered = [items[k] for k in sorted(items)]
+    groups: dict[Path, list[InputItem]] = {}
+    for item in ordered:
+        groups.setdefault(item.rel, []).append(item)
+    for same in groups.values():  # a.png and a.tif, a.nii and a.nii.gz: tell their outputs apart by format
+        if len(same) > 1:
+            for item in same:
+                tag = (suffix_of(item.path, INPUT_SUFFIXES) or "").replace(".", "")
+                if tag:
+                    item.rel = item.rel.with_name(f"{item.rel.name}_{tag}")
+    owner: dict[Path, str] = {}
+    for item in ordered:  # still the same name: the later one fails rather than overwrite
+        first = owner.setdefault(item.rel, item.key)
+        if first != item.key and item.kind != "invalid":
+            item.kind, item.error = "invalid", f"its outputs would overwrite those of {first}; segment it separately."
+    return ordered
+
+
+def output_paths(item: InputItem, output_dir: Path, options: PredictOptions, large: bool = False) -> list[Path]:
+    """Every output ``item`` will have: the label map first, then probabilities and DICOM-SEG when asked.
+
+    ``large``: the item is a TIFF segmented on the larger-than-RAM path (one OME-TIFF or zarr output).
+    """
+    base = output_dir / item.rel
+    stem = base.name
+    if item.kind in ("volume", "dicom"):
+        outs = [base.with_name(f"{stem}_seg.nii.gz")]
+        if options.probabilities:
+            outs.append(base.with_name(f"{stem}_probs.nii.gz"))
+        if options.dicom_seg and item.kind == "dicom":
+            outs.append(base.with_name(f"{stem}_seg.dcm"))
+        return outs
+    if item.kind == "png":
+        outs = [base.with_name(f"{stem}_seg.png")]
+    elif item.kind == "tiff" and large:
+        ext = ".zarr" if options.large_format == "zarr" else ".ome.tif"
+        return [base.with_name(f"{stem}_seg{ext}")]
+    else:
+        outs = [base.with_name(f"{stem}_seg.tif")]
+    if options.probabilities:
+        outs.append(base.with_name(f"{stem}_probs.tif"))
+    return outs
