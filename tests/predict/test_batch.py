@@ -55,11 +55,19 @@ def test_rerun_skips_finished_inputs_and_overwrite_redoes_them(runners, pngs, tm
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_batch_resumes(checkpoints, runners, pngs, tmp_path, sig):
-    """Kill a running batch after its first output; the rerun keeps those outputs and does the rest.
+    """Kill a running batch after four outputs; the rerun keeps those outputs and does the rest.
 
-    SIGKILL may leave a hidden temporary (removed by the rerun); SIGTERM ends the batch cleanly (exit 130).
+    The fifth input is a named pipe: reading it blocks until someone writes, so the batch is always stopped
+    at the same place, however fast the machine. SIGKILL may leave a hidden temporary (removed by the rerun);
+    SIGTERM ends the batch cleanly (exit 130).
     """
-    out = tmp_path / "out"
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for p in sorted(pngs.glob("*.png")):
+        (src / p.name).write_bytes(p.read_bytes())
+    blocker = src / "img4.png"
+    blocker.unlink()
+    os.mkfifo(blocker)
     cmd = [
         sys.executable,
         "-m",
@@ -75,7 +83,7 @@ def test_killed_batch_resumes(checkpoints, runners, pngs, tmp_path, sig):
         "--set",
         "features=[4,8,16,32,64]",
         "--input",
-        str(pngs),
+        str(src),
         "--output",
         str(out),
     ]
@@ -83,8 +91,9 @@ def test_killed_batch_resumes(checkpoints, runners, pngs, tmp_path, sig):
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
     try:
         deadline = time.monotonic() + 300
-        while not mtimes(out) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
+        while len(mtimes(out)) < 4 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the batch ended before reaching the blocking input"
         proc.send_signal(sig)
     finally:
         stdout, _ = proc.communicate()
@@ -92,10 +101,12 @@ def test_killed_batch_resumes(checkpoints, runners, pngs, tmp_path, sig):
     if sig == signal.SIGTERM:
         assert proc.returncode == 130 and "run the same command to resume" in stdout
         assert not [p for p in out.rglob("*") if is_temporary(p)]
-    assert 1 <= len(done_before) < 8, done_before
+    assert sorted(done_before) == [f"img{k}_seg.png" for k in range(4)]
     for name in done_before:  # what exists is complete
         assert np.asarray(Image.open(out / name)).shape == (120, 100)
-    results = run(runners["unet2d_membrane"], [pngs], out)
+    blocker.unlink()
+    blocker.write_bytes((pngs / "img4.png").read_bytes())
+    results = run(runners["unet2d_membrane"], [src], out)
     assert all(r.status in ("done", "skipped") for r in results)
     skipped = {Path(r.outputs[0]).name for r in results if r.status == "skipped"}
     assert skipped == set(done_before)
