@@ -1,4 +1,4 @@
-"""The ``monai-unet`` command: train a bundle, the quickstart, size rules (and ``predict``, see ``predict.py``)."""
+"""The ``monai-unet`` command: quickstart, train, predict (see :mod:`monai_unet.predict`), label, sizes."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""I/O beyond MONAI's readers and writers: DICOM series discovery, atomic writers, DICOM-SEG, large TIFFs.
+"""I/O beyond MONAI's readers and writers: the suffix table, DICOM series, atomic writers, DICOM-SEG, lazy TIFFs.
 
-Knows nothing of networks. Optional dependencies (zarr, highdicom, pydicom) are imported inside the functions
+Knows nothing of networks. Optional dependencies (zarr, highdicom) are imported inside the functions
 that need them.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from monai_unet.io.atomic import atomic_output, clean_stale_temporaries, is_temporary, scratch_path
 from monai_unet.io.dicom import DicomSeries, find_dicom_series, looks_like_dicom
-from monai_unet.io.writers import write_nifti, write_ome_tiff_from_array, write_png, write_tiff
+from monai_unet.io.writers import write_json, write_nifti, write_ome_tiff_from_array, write_png, write_tiff
 
 __all__ = [
     "DicomSeries",
@@ -18,6 +18,7 @@ __all__ = [
     "is_temporary",
     "looks_like_dicom",
     "scratch_path",
+    "write_json",
     "write_nifti",
     "write_ome_tiff_from_array",
     "write_png",
