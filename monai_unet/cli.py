@@ -100,6 +100,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             checkpoint=args.checkpoint,
             device=args.device,
             overwrite=args.overwrite,
+            allow_gaps=args.allow_gaps,
             shard=args.shard,
             probabilities=args.probabilities,
             dicom_seg=args.dicom_seg,
@@ -199,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: the bundle's)")
     p.add_argument("--overwrite", action="store_true", help="redo inputs whose outputs exist")
+    p.add_argument(
+        "--allow-gaps",
+        action="store_true",
+        help="a DICOM series with a gap in its slice positions is segmented as its evenly spaced runs of slices, "
+        "each on its own grid (*_part1of2_seg.nii.gz ...), instead of failing",
+    )
     p.add_argument(
         "--shard",
         default=None,

@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -47,6 +48,7 @@ class Result:
     outputs: list[Path] = dataclasses.field(default_factory=list)
     reason: str = ""
     seconds: float = 0.0
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
 
 def resolve_shard(shard: str | tuple[int, int] | None = None) -> tuple[int, int]:
@@ -76,7 +78,7 @@ def shard_items(items: Sequence[InputItem], index: int, count: int) -> list[Inpu
     return list(partition_dataset(list(items), num_partitions=count, shuffle=False, even_divisible=False)[index])
 
 
-def _first_line(e: BaseException) -> str:
+def _first_line(e: BaseException | Warning | str) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
     return text if len(text) <= 300 else text[:297] + "..."
 
@@ -124,6 +126,7 @@ def predict(
     checkpoint: str | os.PathLike | None = None,
     device: str | None = None,
     overwrite: bool = False,
+    allow_gaps: bool = False,
     shard: str | tuple[int, int] | None = None,
     probabilities: bool = False,
     dicom_seg: bool = False,
@@ -143,8 +146,8 @@ def predict(
         output_dir: where outputs go (relative paths of folder inputs are kept).
         checkpoint: weights (default: the bundle's ``ckpt_path``).
         device: torch device, e.g. ``"cpu"``, ``"cuda:0"``.
-        overwrite, probabilities, dicom_seg, large_threshold, large_format, large_memory_mb, progress: the
-            fields of :class:`~monai_unet.predict.inputs.PredictOptions`.
+        overwrite, allow_gaps, probabilities, dicom_seg, large_threshold, large_format, large_memory_mb,
+            progress: the fields of :class:`~monai_unet.predict.inputs.PredictOptions`.
         shard: ``"i/n"`` or ``(i, n)``; default from ``RANK``/``WORLD_SIZE`` or the whole batch.
         overrides: bundle config ids and values.
         stream: where messages and the summary go (default stdout).
@@ -166,6 +169,7 @@ def predict(
         large_memory_mb=int(large_memory_mb),
         progress=progress,
         overwrite=overwrite,
+        allow_gaps=allow_gaps,
     )
     stream = stream or sys.stdout
     output_dir = Path(output_dir).absolute()
@@ -193,8 +197,19 @@ def predict(
                 if item.kind != "invalid" and not overwrite and all(p.exists() for p in outs):
                     results.append(Result(item.key, "skipped", outs))
                     continue
-                outs = predict_one(runner, item, output_dir, options, large=large)
-                results.append(Result(item.key, "done", outs, seconds=time.perf_counter() - t0))
+                with warnings.catch_warnings(record=True) as caught:  # each warning names its input
+                    try:
+                        outs = predict_one(runner, item, output_dir, options, large=large)
+                        result = Result(item.key, "done", outs, seconds=time.perf_counter() - t0)
+                    except Exception as e:
+                        reason = _first_line(e)
+                        result = Result(item.key, "failed", reason=reason, seconds=time.perf_counter() - t0)
+                result.warnings = list(dict.fromkeys(_first_line(w.message) for w in caught))
+                for text in result.warnings:
+                    tqdm.write(f"WARNING {item.key}: {text}", file=sys.stderr)
+                if result.status == "failed":
+                    tqdm.write(f"FAILED {item.key}: {result.reason}", file=sys.stderr)
+                results.append(result)
             except Exception as e:
                 reason = _first_line(e)
                 results.append(Result(item.key, "failed", reason=reason, seconds=time.perf_counter() - t0))

@@ -14,7 +14,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,23 +51,94 @@ def _check_dims(path: Path, spatial_dims: int) -> None:
         raise InputError(f"image is {len(shape)}D (shape {tuple(shape)}); {fix}.")
 
 
+def _part_outputs(outs: list[Path], k: int, n: int) -> list[Path]:
+    """The outputs of part ``k`` of ``n`` of a series with gaps: ``a_seg.nii.gz`` -> ``a_part1of2_seg.nii.gz``."""
+    if n == 1:
+        return outs
+    tag = f"_part{k + 1}of{n}"
+    return [o.with_name(o.name.replace("_seg.", f"{tag}_seg.", 1).replace("_probs.", f"{tag}_probs.", 1)) for o in outs]
+
+
+@contextlib.contextmanager
+def _series_folder(files: Sequence[Path]) -> Iterator[Path]:
+    """A temporary folder holding links to exactly ``files`` (one checked series, duplicates left out)."""
+    with tempfile.TemporaryDirectory(prefix="monai_unet_series_") as tmp:
+        for k, f in enumerate(files):
+            os.symlink(f.absolute(), Path(tmp) / f"{k:05d}_{f.name}")
+        yield Path(tmp)
+
+
+def _assembled_series(item: InputItem, options: PredictOptions) -> Any:
+    """The checked series of a DICOM item (:func:`~monai_unet.io.dicom.assemble_series`); duplicates warned."""
+    from monai_unet.io.dicom import DicomGeometryError, assemble_series, find_dicom_series
+
+    series = next((s for s in find_dicom_series(item.path) if s.uid == item.series), None)
+    if series is None:
+        raise InputError(f"the series {item.series} is no longer in {item.path}.")
+    try:
+        assembled = assemble_series(series.files + series.unreadable, allow_gaps=options.allow_gaps)
+    except DicomGeometryError as e:
+        raise InputError(f"series {item.path.name}: {e}.") from e
+    for kept, dropped in assembled.duplicates:
+        warnings.warn(f"duplicate slice {dropped.name} left out (the same slice as {kept.name}).", stacklevel=2)
+    if len(assembled.parts) > 1:
+        warnings.warn(
+            f"--allow-gaps: the series has {len(assembled.parts)} evenly spaced runs of slices "
+            f"({', '.join(str(len(p)) for p in assembled.parts)} slices), each segmented on its own grid.",
+            stacklevel=2,
+        )
+    return assembled
+
+
 def predict_volume(runner: BundleRunner, item: InputItem, outs: list[Path], options: PredictOptions) -> list[Path]:
     """Segment a volume file or a DICOM series and write ``outs`` (from :func:`output_paths`): the label map
-    ``*_seg.nii.gz``, then the optional probabilities and DICOM-SEG."""
+    ``*_seg.nii.gz``, then the optional probabilities and DICOM-SEG.
+
+    A DICOM series is assembled by ImagePositionPatient along the slice normal and checked first
+    (:func:`~monai_unet.io.dicom.assemble_series`: duplicates left out with a warning, a gap or an unreadable
+    slice fails the input); the reader then sees exactly those slices. With ``options.allow_gaps`` each evenly
+    spaced run of slices is segmented on its own grid (``*_part1of2_seg.nii.gz``...).
+    """
+    if runner.spatial_dims != 3:
+        what = "a DICOM series" if item.kind == "dicom" else "a volume file"
+        raise InputError(f"{what}; the bundle {runner.bundle.name} segments 2D images (PNG/TIFF): use a 3D bundle.")
+    if item.kind != "dicom":
+        _check_dims(item.path, runner.spatial_dims)
+        return _predict_one_volume(runner, item, str(item.path), outs, options, None)
+    parts = _assembled_series(item, options).parts
+    written = []
+    for k, files in enumerate(parts):
+        with _series_folder(files) as folder:
+            written += _predict_one_volume(
+                runner, item, str(folder), _part_outputs(outs, k, len(parts)), options, files
+            )
+    return written
+
+
+def _predict_one_volume(
+    runner: BundleRunner,
+    item: InputItem,
+    source: str,
+    outs: list[Path],
+    options: PredictOptions,
+    slices: Sequence[Path] | None,
+) -> list[Path]:
+    """Read ``source`` (a volume file, or a folder of one checked series' ``slices``), segment it, write ``outs``."""
     from monai.data import ITKReader
 
     from monai_unet.io.writers import write_nifti
 
-    if runner.spatial_dims != 3:
-        what = "a DICOM series" if item.kind == "dicom" else "a volume file"
-        raise InputError(f"{what}; the bundle {runner.bundle.name} segments 2D images (PNG/TIFF): use a 3D bundle.")
     reader = None
-    if item.kind == "dicom":
-        reader = ITKReader(series_name=item.series or "")
-    else:
-        _check_dims(item.path, runner.spatial_dims)
+    if slices is not None:
+        from monai_unet.io.dicom import find_dicom_series
+
+        reader = ITKReader()
+        found = find_dicom_series(source)
+        order = [Path(f).name.split("_", 1)[1] for f in found[0].files] if len(found) == 1 else None
+        if order != [f.name for f in slices]:  # the reader must see the slices in the checked order
+            raise InputError(f"series {item.path.name}: the reader does not order the slices by position; not read.")
     try:
-        img = runner.loader({runner.image_key: str(item.path)}, reader)[runner.image_key]
+        img = runner.loader({runner.image_key: source}, reader)[runner.image_key]
     except Exception as e:
         raise InputError(f"cannot read the image: {e}") from e
     runner.check(img, item.key)
@@ -81,12 +157,10 @@ def predict_volume(runner: BundleRunner, item: InputItem, outs: list[Path], opti
         prob = np.asarray(res["prob"].detach().cpu(), dtype=np.float32)
         written.append(write_nifti(np.moveaxis(prob, 0, -1), affine, outs[k]))
         k += 1
-    if options.dicom_seg and item.kind == "dicom":
-        from monai_unet.io.dicom import find_dicom_series
+    if options.dicom_seg and slices is not None:
         from monai_unet.io.dicom_seg import write_dicom_seg
 
-        series = next(s for s in find_dicom_series(item.path) if s.uid == item.series)
-        written.append(write_dicom_seg(label, series.files, outs[k], n_classes=runner.out_channels))
+        written.append(write_dicom_seg(label, list(slices), outs[k], n_classes=runner.out_channels))
     return written
 
 

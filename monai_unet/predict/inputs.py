@@ -37,6 +37,8 @@ class PredictOptions:
             (``0``: the bundle's tile size); this bounds peak memory whatever the image size.
         progress: progress bars over inputs and over the tiles of large images.
         overwrite: redo inputs whose outputs exist.
+        allow_gaps: a DICOM series with a gap in its slice positions is segmented as its evenly spaced runs of
+            slices, each on its own grid (``*_part1of2_seg.nii.gz``...), instead of failing.
     """
 
     probabilities: bool = False
@@ -46,6 +48,7 @@ class PredictOptions:
     large_memory_mb: int = 192
     progress: bool = True
     overwrite: bool = False
+    allow_gaps: bool = False
 
     def __post_init__(self) -> None:
         look_up_option(self.large_format, LARGE_FORMATS)
@@ -86,6 +89,8 @@ class Result:
 
 
 INPUT_SUFFIXES = VOLUME_SUFFIXES + IMAGE_SUFFIXES_2D
+_OUTPUT_NAME = re.compile(r"_(seg|probs)\.(nii\.gz|png|tif|ome\.tif|zarr|dcm)$", re.IGNORECASE)
+"""The names :func:`output_paths` gives."""
 
 
 def _strip(path: Path) -> Path:
@@ -139,14 +144,25 @@ def discover_inputs(paths: Sequence[str | os.PathLike], exclude: str | os.PathLi
     Files with a known suffix are inputs; in folders (walked recursively) other files that look like DICOM
     (``.dcm`` or the ``DICM`` preamble) are grouped into series per folder, one input per series. A path that
     does not exist, a folder with nothing to segment, and a DICOM folder without a readable series become
-    ``"invalid"`` items, so they show in the summary. Folders under ``exclude`` (the output folder, when it lies
-    inside an input folder) are not searched, so earlier outputs never become inputs.
+    ``"invalid"`` items, so they show in the summary. Outputs of this tool are never inputs, however they are
+    reached (the output folder inside an input folder, equal to it, or reached through a symlink): files in
+    ``exclude`` (the output folder, resolved) named as outputs are left out, and a subfolder that is ``exclude``
+    is not searched. DICOM-SEG and other non-image objects are not series (see
+    :func:`~monai_unet.io.dicom.find_dicom_series`).
     """
     items: dict[str, InputItem] = {}
-    skip = None if exclude is None else Path(exclude).expanduser().absolute()
+    skip = None if exclude is None else Path(exclude).expanduser().resolve()
+
+    def is_output(f: Path) -> bool:
+        return skip is not None and _OUTPUT_NAME.search(f.name) is not None and f.resolve().parent == skip
+
     for p in paths:
         path = Path(p).expanduser().absolute()
         if path.is_file():
+            if is_output(path):
+                error = f"{path} is an output of monai-unet predict in the output folder; it is not segmented again."
+                items[str(path)] = InputItem(str(path), "invalid", path, Path(path.name), error=error)
+                continue
             item = _file_item(path, Path(path.name))
             items.setdefault(item.key, item)
             continue
@@ -156,11 +172,17 @@ def discover_inputs(paths: Sequence[str | os.PathLike], exclude: str | os.PathLi
         found = 0
         for folder, dirs, files in os.walk(path):
             folder = Path(folder)
-            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (exclude is None or folder / d != skip))
+            dirs[:] = sorted(
+                d
+                for d in dirs
+                if not d.startswith(".")
+                and not (skip is not None and (folder / d).resolve() == skip)
+                and not is_output(folder / d)  # a zarr output is a folder
+            )
             dicom = []
             for name in sorted(files):
                 f = folder / name
-                if name.startswith("."):
+                if name.startswith(".") or is_output(f):
                     continue
                 if suffix_of(f, INPUT_SUFFIXES):
                     item = _file_item(f, f.relative_to(path))
