@@ -146,9 +146,10 @@ def load_weights(network: Any, path: str | os.PathLike, map_location: Any = "cpu
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        why = " ".join(str(e).split())[:200] or type(e).__name__
+        why = " ".join(str(e).split())[:200]
+        detail = f"{type(e).__name__}: {why}" if len(why) > 8 else type(e).__name__  # KeyError: 101 says nothing
         raise ValueError(
-            f"cannot read checkpoint {path}: it is not a PyTorch weights file ({type(e).__name__}: {why})."
+            f"cannot read checkpoint {path}: it is not a file written by torch.save, or it is damaged ({detail})."
         ) from e
     try:
         network.load_state_dict(state_dict_from(state))

@@ -101,6 +101,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             device=args.device,
             overwrite=args.overwrite,
             allow_gaps=args.allow_gaps,
+            naming=args.naming,
             shard=args.shard,
             probabilities=args.probabilities,
             dicom_seg=args.dicom_seg,
@@ -113,12 +114,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, ImportError, RuntimeError) as e:
         print(f"monai-unet predict: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print(
             "monai-unet predict: interrupted; finished outputs are kept, run the same command to resume.",
             file=sys.stderr,
         )
-        return 130
+        return 128 + int(getattr(e, "signum", 2))  # 130 for Ctrl-C (SIGINT), 143 for SIGTERM
     return 0 if all(r.status != "failed" for r in results) else 1
 
 
@@ -193,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Segment files and folders with a bundle's inference.json. Failed inputs are reported and "
         "the others finish; outputs are written atomically; inputs whose outputs exist are skipped (resume). "
         "Exit code 0 only if every input succeeded.",
+        epilog="exit codes: 0 every input done or skipped; 1 some inputs failed (the others finished); 2 nothing "
+        "ran (bad bundle, checkpoint, device, output folder or option); 130 interrupted by Ctrl-C (SIGINT); "
+        "143 terminated (SIGTERM). Finished outputs are kept: run the same command to resume.",
     )
     p.add_argument("--bundle", required=True, help="bundle folder, or unet2d_membrane / unet3d_volume")
     p.add_argument("--checkpoint", default=None, help="model weights (default: the bundle's ckpt_path)")
@@ -200,6 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: the bundle's)")
     p.add_argument("--overwrite", action="store_true", help="redo inputs whose outputs exist")
+    p.add_argument(
+        "--naming",
+        choices=("path", "dicom"),
+        default="path",
+        help="output names: path = the input's path below the common folder of all inputs (default); "
+        "dicom = PatientID/StudyDate/<SeriesNumber>_<SeriesDescription> for DICOM series",
+    )
     p.add_argument(
         "--allow-gaps",
         action="store_true",

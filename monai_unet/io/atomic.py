@@ -15,7 +15,15 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_output", "clean_stale_temporaries", "is_temporary", "output_suffix", "scratch_path"]
+__all__ = [
+    "atomic_output",
+    "claim",
+    "clean_stale_temporaries",
+    "is_temporary",
+    "lock_path",
+    "output_suffix",
+    "scratch_path",
+]
 
 _HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
 _TMP = re.compile(r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.tmp(?P<suffix>(\.[A-Za-z0-9]+)*)$")
@@ -116,3 +124,57 @@ def clean_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
             removed.append(p)
         dirs[:] = [d for d in dirs if not _TMP.match(d)]
     return removed
+
+
+def lock_path(path: str | os.PathLike) -> Path:
+    """The lock file that claims the work producing ``path``: ``.<name>.lock`` beside it."""
+    path = Path(path)
+    return path.parent / f".{path.name}.lock"
+
+
+def _try_lock(lock: Path) -> bool:
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{_HOST} {os.getpid()}\n")
+    return True
+
+
+def _holder(lock: Path) -> tuple[str, int] | None:
+    """``(host, pid)`` written in ``lock``; ``None`` when it is gone; pid 0 while it is being written."""
+    try:
+        parts = lock.read_text().split()
+    except FileNotFoundError:
+        return None
+    if len(parts) == 2 and parts[1].isdigit():
+        return parts[0], int(parts[1])
+    return "", 0
+
+
+@contextlib.contextmanager
+def claim(path: str | os.PathLike) -> Iterator[str | None]:
+    """Claim the work that produces ``path`` for this process, so that concurrent runs never do it twice.
+
+    Yields ``None`` when this process holds the claim (a lock file beside ``path``, removed when the block ends),
+    or a description of the process that holds it (``"process 1234 on host"``). The lock of a process of this
+    host that is gone (killed) is taken over; locks of other hosts are respected.
+    """
+    lock = lock_path(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    held = _try_lock(lock)
+    if not held:
+        owner = _holder(lock)
+        if owner is None or (owner[0] == _HOST and owner[1] > 0 and not _pid_alive(owner[1])):
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+            held = _try_lock(lock)
+    if not held:
+        owner = _holder(lock) or ("", 0)
+        yield f"process {owner[1]} on {owner[0]}" if owner[1] else "another process"
+        return
+    try:
+        yield None
+    finally:
+        if _holder(lock) == (_HOST, os.getpid()):
+            lock.unlink(missing_ok=True)

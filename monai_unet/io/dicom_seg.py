@@ -6,8 +6,10 @@ Needs the ``dicom`` extra (``pip install "monai-unet[dicom]"``: pydicom, highdic
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +29,44 @@ def _require() -> tuple:
         # highdicom 0.22 (the version MONAI Label's pydicom 2.4 allows) still names np.float_, removed in NumPy 2
         np.float_ = np.float64  # noqa: NPY201
     return highdicom, pydicom
+
+
+_SHARED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")
+
+
+def _fill_empty_uids(datasets: Sequence[Any], hd: Any) -> None:
+    """Give the source slices (in memory) generated UIDs where anonymisation emptied them, and warn.
+
+    A DICOM-SEG must reference its source instances by UID. Exports that blank the study, series, frame of
+    reference or instance UIDs (or the SOP class) would make highdicom fail; the SEG is then written against
+    generated UIDs (one study/series/frame of reference for the whole series, one UID per slice; the SOP class
+    from the file meta information), and the warning says that it references instances no archive holds.
+    """
+    filled = []
+    for key in _SHARED_UIDS:
+        if any(not str(ds.get(key, "") or "").strip() for ds in datasets):
+            uid = hd.UID()
+            for ds in datasets:
+                setattr(ds, key, uid)
+            filled.append(key)
+    if any(not str(ds.get("SOPInstanceUID", "") or "").strip() for ds in datasets):
+        for ds in datasets:
+            ds.SOPInstanceUID = hd.UID()
+        filled.append("SOPInstanceUID")
+    if any(not str(ds.get("SOPClassUID", "") or "").strip() for ds in datasets):
+        for ds in datasets:
+            meta = getattr(ds, "file_meta", None)
+            sop_class = str(getattr(meta, "MediaStorageSOPClassUID", "") or "") if meta is not None else ""
+            if not sop_class:
+                raise ValueError("a slice has neither a SOPClassUID nor a MediaStorageSOPClassUID: not an image")
+            ds.SOPClassUID = sop_class
+        filled.append("SOPClassUID")
+    if filled:
+        warnings.warn(
+            f"the series has empty {', '.join(filled)} (anonymised?): the DICOM-SEG references generated UIDs "
+            "that no archive holds; load it with the label map's NIfTI, not by reference.",
+            stacklevel=3,
+        )
 
 
 def write_dicom_seg(
@@ -55,6 +95,7 @@ def write_dicom_seg(
     from pydicom.sr.codedict import codes
 
     datasets = [pydicom.dcmread(str(f)) for f in source_files]
+    _fill_empty_uids(datasets, hd)
     rows, cols = int(datasets[0].Rows), int(datasets[0].Columns)
     if label.shape != (cols, rows, len(datasets)):
         raise ValueError(

@@ -7,12 +7,15 @@ A batch never loses work:
   inputs still finish, a summary table ends the run and the exit code is 0 only if every input succeeded;
 - outputs are written atomically (hidden temporary, then rename), so a kill leaves only complete outputs;
 - inputs whose outputs all exist are skipped (``overwrite=True`` redoes them), so re-running resumes;
+- an input is claimed with a lock file beside its output while it is segmented, so two runs on the same inputs
+  and output folder (two terminals, two cluster jobs) share the work; a dead process's lock is taken over;
 - ``shard=(i, n)`` (or ``RANK``/``WORLD_SIZE`` from ``torchrun``) splits one batch over processes without
   overlap: input ``k`` of the sorted list belongs to shard ``k % n`` (``monai.data.partition_dataset``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -36,7 +39,7 @@ from monai_unet.predict.inputs import (
 from monai_unet.predict.large_image import predict_large_tiff
 from monai_unet.predict.runner import BundleRunner
 
-__all__ = ["Result", "predict", "predict_one", "resolve_shard", "shard_items"]
+__all__ = ["Result", "Terminated", "predict", "predict_one", "resolve_shard", "shard_items"]
 
 
 @dataclasses.dataclass
@@ -57,6 +60,11 @@ def resolve_shard(shard: str | tuple[int, int] | None = None) -> tuple[int, int]
         rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
         if rank is None or world is None:
             return 0, 1
+        if not (rank.strip().isdigit() and world.strip().isdigit()):
+            raise ValueError(
+                f"RANK={rank!r} and WORLD_SIZE={world!r} must be whole numbers (torchrun sets them); unset them or "
+                "pass --shard i/n."
+            )
         shard = (int(rank), int(world))
     if isinstance(shard, str):
         m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", shard)
@@ -79,8 +87,46 @@ def shard_items(items: Sequence[InputItem], index: int, count: int) -> list[Inpu
 
 
 def _first_line(e: BaseException | Warning | str) -> str:
+    """One line for the summary: the message, or for a MONAI transform's failure its cause and the transform."""
     text = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, BaseException) and text.startswith("applying transform"):
+        root = e
+        while root.__cause__ is not None:
+            root = root.__cause__
+        step = re.search(r"<monai\.transforms\.[\w.]*?(\w+) object", text)
+        cause = " ".join(str(root).split()) or type(root).__name__
+        text = f"{cause} (in the bundle's {step.group(1) if step else 'transform'} step)"
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """Raise ``ValueError`` before any work when ``output_dir`` is a file or cannot be created."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"--output {output_dir} is a file, not a folder: give a folder for the outputs.")
+    parent = output_dir
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"cannot create the output folder {output_dir}: {parent} is a file.")
+
+
+def prepare_output_dir(output_dir: Path) -> None:
+    """Create ``output_dir`` and prove it writable (a probe file made and removed), or raise ``ValueError``
+    naming the folder; a folder created here and found unusable is removed again."""
+    import tempfile
+
+    missing = [p for p in (output_dir, *output_dir.parents) if not p.exists()]
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".monai_unet_probe_"):
+            pass
+    except OSError as e:
+        for p in missing:  # deepest first
+            with contextlib.suppress(OSError):
+                p.rmdir()
+        raise ValueError(
+            f"cannot write to the output folder {output_dir}: {e.strerror or e}; give a folder you can write to."
+        ) from e
 
 
 def predict_one(
@@ -110,12 +156,13 @@ def _table(results: Sequence[Result]) -> str:
     lines = [f"{'input':<{width}}  {'status':<7}  {'s':>6}  output / reason"]
     for r in results:
         key = r.key if len(r.key) <= width else "..." + r.key[-(width - 3) :]
-        what = r.reason if r.status == "failed" else (str(r.outputs[0]) if r.outputs else "")
+        what = r.reason if r.status == "failed" or r.reason else (str(r.outputs[0]) if r.outputs else "")
         lines.append(f"{key:<{width}}  {r.status:<7}  {r.seconds:6.1f}  {what}")
-    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
-    lines.append(
-        f"{len(results)} input(s): {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed"
-    )
+    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed", "not started")}
+    summary = f"{len(results)} input(s): {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed"
+    if counts["not started"]:
+        summary += f", {counts['not started']} not started"
+    lines.append(summary)
     return "\n".join(lines)
 
 
@@ -127,6 +174,7 @@ def predict(
     device: str | None = None,
     overwrite: bool = False,
     allow_gaps: bool = False,
+    naming: str = "path",
     shard: str | tuple[int, int] | None = None,
     probabilities: bool = False,
     dicom_seg: bool = False,
@@ -148,6 +196,9 @@ def predict(
         device: torch device, e.g. ``"cpu"``, ``"cuda:0"``.
         overwrite, allow_gaps, probabilities, dicom_seg, large_threshold, large_format, large_memory_mb,
             progress: the fields of :class:`~monai_unet.predict.inputs.PredictOptions`.
+        naming: ``"path"`` (outputs named after the inputs' paths below their common root) or ``"dicom"``
+            (DICOM series as ``PatientID/StudyDate/<SeriesNumber>_<SeriesDescription>``); see
+            :func:`~monai_unet.predict.inputs.discover_inputs`.
         shard: ``"i/n"`` or ``(i, n)``; default from ``RANK``/``WORLD_SIZE`` or the whole batch.
         overrides: bundle config ids and values.
         stream: where messages and the summary go (default stdout).
@@ -159,7 +210,7 @@ def predict(
     """
     from tqdm.auto import tqdm
 
-    from monai_unet.io.atomic import clean_stale_temporaries
+    from monai_unet.io.atomic import claim, clean_stale_temporaries
 
     options = PredictOptions(
         probabilities=probabilities,
@@ -173,13 +224,14 @@ def predict(
     )
     stream = stream or sys.stdout
     output_dir = Path(output_dir).absolute()
+    check_output_dir(output_dir)
     index, count = resolve_shard(shard)
-    items = shard_items(discover_inputs(inputs, exclude=output_dir), index, count)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    for p in clean_stale_temporaries(output_dir):
-        print(f"removed the temporary {p} of an interrupted run", file=stream)
+    items = shard_items(discover_inputs(inputs, exclude=output_dir, naming=naming), index, count)
     if runner is None:
         runner = BundleRunner(bundle, checkpoint=checkpoint, device=device, overrides=overrides)
+    prepare_output_dir(output_dir)
+    for p in clean_stale_temporaries(output_dir):
+        print(f"removed the temporary {p} of an interrupted run", file=stream)
     shard_note = f" (shard {index}/{count})" if count > 1 else ""
     print(f"segmenting {len(items)} input(s){shard_note} with {runner.bundle.name} into {output_dir}", file=stream)
 
@@ -191,14 +243,24 @@ def predict(
     try:
         for item in bar:
             t0 = time.perf_counter()
+            if item.kind == "invalid":
+                results.append(Result(item.key, "failed", reason=_first_line(item.error or "invalid input")))
+                tqdm.write(f"FAILED {item.key}: {results[-1].reason}", file=sys.stderr)
+                continue
             try:
                 large = item.kind == "tiff" and is_large_tiff(item.path, options.large_threshold)
                 outs = output_paths(item, output_dir, options, large=large)
-                if item.kind != "invalid" and not overwrite and all(p.exists() for p in outs):
+                if not overwrite and all(p.exists() for p in outs):
                     results.append(Result(item.key, "skipped", outs))
                     continue
-                with warnings.catch_warnings(record=True) as caught:  # each warning names its input
-                    try:
+                with claim(outs[0]) as holder, warnings.catch_warnings(record=True) as caught:
+                    if holder is not None:  # another run (terminal, cluster job) is on it
+                        results.append(Result(item.key, "skipped", outs, reason=f"being segmented by {holder}"))
+                        continue
+                    if not overwrite and all(p.exists() for p in outs):
+                        results.append(Result(item.key, "skipped", outs))  # finished by it meanwhile
+                        continue
+                    try:  # each warning names its input
                         outs = predict_one(runner, item, output_dir, options, large=large)
                         result = Result(item.key, "done", outs, seconds=time.perf_counter() - t0)
                     except Exception as e:
@@ -215,6 +277,8 @@ def predict(
                 results.append(Result(item.key, "failed", reason=reason, seconds=time.perf_counter() - t0))
                 tqdm.write(f"FAILED {item.key}: {reason}", file=sys.stderr)
     except KeyboardInterrupt:
+        started = {r.key for r in results}
+        results += [Result(it.key, "not started") for it in items if it.key not in started]
         print(_table(results), file=stream)
         print("interrupted: finished outputs are kept; run the same command to resume.", file=stream, flush=True)
         raise
@@ -226,5 +290,13 @@ def predict(
     return results
 
 
+class Terminated(KeyboardInterrupt):
+    """The batch was ended by a signal (SIGTERM): ``signum`` tells which; the CLI exits ``128 + signum``."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
 def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise Terminated(signum)

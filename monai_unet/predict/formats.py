@@ -143,6 +143,12 @@ def _predict_one_volume(
         raise InputError(f"cannot read the image: {e}") from e
     runner.check(img, item.key)
     affine = np.asarray(img.affine, dtype=np.float64)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    if not np.all(np.isfinite(affine)) or spacing.min() <= 1e-6 or abs(np.linalg.det(affine[:3, :3])) <= 1e-12:
+        raise InputError(
+            f"the image header gives voxel spacing {tuple(round(float(v), 4) for v in spacing)} mm (zero, or axes "
+            "that do not span 3D): the voxels have no place in space; fix the header (pixdim, qform/sform)."
+        )
     res = runner.run(img, probabilities=options.probabilities)
     pred = res["pred"]
     if tuple(pred.shape[1:]) != tuple(img.shape[1:]):
@@ -162,6 +168,21 @@ def _predict_one_volume(
 
         written.append(write_dicom_seg(label, list(slices), outs[k], n_classes=runner.out_channels))
     return written
+
+
+def _check_png(path: Path) -> None:
+    """Raise :class:`InputError` saying what is wrong when ``path`` is not a readable PNG image."""
+    from PIL import Image
+
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head != b"\x89PNG\r\n\x1a\n":
+        raise InputError(f"not a PNG image (the file does not start with the PNG signature: {head[:8]!r}).")
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except Exception as e:
+        raise InputError(f"the PNG image cannot be decoded ({' '.join(str(e).split())}): damaged or cut short?") from e
 
 
 def tiff_pages(path: Path) -> tuple[np.ndarray, int]:
@@ -212,6 +233,7 @@ def predict_2d(runner: BundleRunner, item: InputItem, outs: list[Path], options:
     probs = options.probabilities
     dtype = runner.output_dtype or np.uint8
     if item.kind == "png":
+        _check_png(item.path)
         try:
             img = runner.loader({runner.image_key: str(item.path)})[runner.image_key]
         except Exception as e:

@@ -18,10 +18,19 @@ from monai.utils import look_up_option
 from monai_unet.io.dicom import find_dicom_series, looks_like_dicom
 from monai_unet.io.formats import IMAGE_SUFFIXES_2D, VOLUME_SUFFIXES, strip_suffix, suffix_of
 
-__all__ = ["DEFAULT_LARGE_THRESHOLD", "LARGE_FORMATS", "InputItem", "PredictOptions", "discover_inputs", "output_paths"]
+__all__ = [
+    "DEFAULT_LARGE_THRESHOLD",
+    "LARGE_FORMATS",
+    "NAMINGS",
+    "InputItem",
+    "PredictOptions",
+    "discover_inputs",
+    "output_paths",
+]
 
 DEFAULT_LARGE_THRESHOLD = 4096 * 4096
 LARGE_FORMATS = ("ome-tiff", "zarr")
+NAMINGS = ("path", "dicom")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +124,24 @@ def _file_item(path: Path, rel: Path) -> InputItem:
     return InputItem(str(path), "invalid", path, _strip(rel), error=f"{path.name} {why}.")
 
 
-def _dicom_items(folder: Path, files: list[Path], root: Path) -> list[InputItem]:
+def _series_label(series: object) -> tuple[str, str, str]:
+    """``(PatientID, StudyDate, "<SeriesNumber>_<SeriesDescription>")`` of a series, file-name safe."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(series.files[0], stop_before_pixels=True)
+    except Exception:
+        ds = {}
+    number, description = str(ds.get("SeriesNumber", "") or ""), str(ds.get("SeriesDescription", "") or "")
+    name = "_".join(v for v in (number, description) if v.strip()) or series.uid[-40:]
+    return (
+        _safe(str(ds.get("PatientID", "") or "unknown_patient")),
+        _safe(str(ds.get("StudyDate", "") or "unknown_date")),
+        _safe(name),
+    )
+
+
+def _dicom_items(folder: Path, files: list[Path], root: Path, naming: str) -> list[InputItem]:
     rel = folder.relative_to(root) if folder != root else Path(root.name)
     try:
         series = find_dicom_series(folder)
@@ -133,13 +159,34 @@ def _dicom_items(folder: Path, files: list[Path], root: Path) -> list[InputItem]
                 error=f"no readable DICOM series among {len(files)} DICOM-looking file(s) (corrupt?) {err}".strip(),
             )
         ]
-    if len(series) == 1:
-        return [InputItem(str(folder), "dicom", folder, rel, series=series[0].uid)]
-    return [InputItem(f"{folder}#{s.uid}", "dicom", folder, rel / _safe(s.uid[-40:]), series=s.uid) for s in series]
+    labels = [_series_label(s) for s in series]
+    if naming == "dicom":
+        rels = [Path(*label) for label in labels]
+    elif len(series) == 1:
+        rels = [rel]
+    else:
+        rels = [rel / label[2] for label in labels]
+    if len(set(rels)) < len(rels):  # two series of one number and description: tell them apart by identifier
+        rels = [r.with_name(f"{r.name}_{_safe(s.uid[-12:])}") for r, s in zip(rels, series)]
+    keys = [str(folder)] if len(series) == 1 else [f"{folder}#{s.uid}" for s in series]
+    return [InputItem(k, "dicom", folder, r, series=s.uid) for k, r, s in zip(keys, rels, series)]
 
 
-def discover_inputs(paths: Sequence[str | os.PathLike], exclude: str | os.PathLike | None = None) -> list[InputItem]:
+def _common_root(paths: Sequence[Path]) -> Path | None:
+    """The deepest folder holding every input (a folder input counts as itself, a file as its folder)."""
+    folders = [p if p.is_dir() else p.parent for p in paths if p.exists()]
+    return Path(os.path.commonpath(folders)) if folders else None
+
+
+def discover_inputs(
+    paths: Sequence[str | os.PathLike], exclude: str | os.PathLike | None = None, naming: str = "path"
+) -> list[InputItem]:
     """Expand files and folders into the inputs to segment, sorted by key and without duplicates.
+
+    Outputs are named after each input's path below the common root of all inputs (``naming="path"``: a cohort
+    ``pA/T1post``, ``pB/T1post`` gives ``pA/T1post_seg.nii.gz`` and ``pB/T1post_seg.nii.gz``; a folder holding
+    several DICOM series adds ``<SeriesNumber>_<SeriesDescription>``), or, for DICOM series, after
+    ``PatientID/StudyDate/<SeriesNumber>_<SeriesDescription>`` (``naming="dicom"``).
 
     Files with a known suffix are inputs; in folders (walked recursively) other files that look like DICOM
     (``.dcm`` or the ``DICM`` preamble) are grouped into series per folder, one input per series. A path that
@@ -150,20 +197,23 @@ def discover_inputs(paths: Sequence[str | os.PathLike], exclude: str | os.PathLi
     is not searched. DICOM-SEG and other non-image objects are not series (see
     :func:`~monai_unet.io.dicom.find_dicom_series`).
     """
+    look_up_option(naming, NAMINGS)
     items: dict[str, InputItem] = {}
+    given = [Path(p).expanduser().absolute() for p in paths]
+    common = _common_root(given)
     skip = None if exclude is None else Path(exclude).expanduser().resolve()
 
     def is_output(f: Path) -> bool:
         return skip is not None and _OUTPUT_NAME.search(f.name) is not None and f.resolve().parent == skip
 
-    for p in paths:
-        path = Path(p).expanduser().absolute()
+    for path in given:
+        root = path if path.is_dir() and len(given) == 1 else common
         if path.is_file():
             if is_output(path):
                 error = f"{path} is an output of monai-unet predict in the output folder; it is not segmented again."
                 items[str(path)] = InputItem(str(path), "invalid", path, Path(path.name), error=error)
                 continue
-            item = _file_item(path, Path(path.name))
+            item = _file_item(path, path.relative_to(root))
             items.setdefault(item.key, item)
             continue
         if not path.is_dir():
@@ -185,13 +235,13 @@ def discover_inputs(paths: Sequence[str | os.PathLike], exclude: str | os.PathLi
                 if name.startswith(".") or is_output(f):
                     continue
                 if suffix_of(f, INPUT_SUFFIXES):
-                    item = _file_item(f, f.relative_to(path))
+                    item = _file_item(f, f.relative_to(root))
                     items.setdefault(item.key, item)
                     found += 1
                 elif looks_like_dicom(f):
                     dicom.append(f)
             if dicom:
-                for item in _dicom_items(folder, dicom, path):
+                for item in _dicom_items(folder, dicom, root, naming):
                     items.setdefault(item.key, item)
                     found += 1
         if not found:

@@ -21,6 +21,28 @@ import torch
 __all__ = ["BundleRunner", "InputError"]
 
 
+def _tile_dims(inferer: Any) -> int:
+    """The spatial dimensions an inferer's ``tile_size``/``roi_size`` names (0 when it is automatic or one int)."""
+    size = getattr(inferer, "tile_size", None) or getattr(inferer, "roi_size", None)
+    return len(size) if isinstance(size, (list, tuple)) else 0
+
+
+def check_device(device: str) -> None:
+    """Raise ``ValueError`` unless ``device`` is a torch device that exists here (``cpu``, ``cuda``, ``cuda:N``)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"--device {device!r} is not a torch device: use cpu, cuda or cuda:N (e.g. cuda:0).") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: no CUDA device is available here; use --device cpu.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})."
+            )
+
+
 class InputError(ValueError):
     """An input that cannot be segmented by this bundle (wrong dimensionality, channels, values, size)."""
 
@@ -66,6 +88,7 @@ class BundleRunner:
         self.bundle = find_bundle(bundle)
         settings = dict(overrides or {})
         if device is not None:
+            check_device(device)
             settings["device"] = f"$torch.device('{device}')"
         workflow = inference_workflow(self.bundle, config, settings)
         self.device = torch.device(workflow.device)
@@ -90,7 +113,7 @@ class BundleRunner:
         self.has_invert = any(isinstance(t, Invertd) for t in self.post_transforms)
         first_act = next((i for i, t in enumerate(self.post_transforms) if isinstance(t, Activationsd)), None)
         self._prob_index = first_act
-        self.spatial_dims = int(getattr(self.network, "spatial_dims", len(getattr(self.inferer, "tile_size", ())) or 3))
+        self.spatial_dims = int(getattr(self.network, "spatial_dims", 0) or _tile_dims(self.inferer) or 3)
         self.in_channels = int(getattr(self.network, "in_channels", 1))
         self.out_channels = int(getattr(self.network, "out_channels", 2))
 

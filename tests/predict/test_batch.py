@@ -59,7 +59,8 @@ def test_killed_batch_resumes(checkpoints, runners, pngs, tmp_path, sig):
 
     The fifth input is a named pipe: reading it blocks until someone writes, so the batch is always stopped
     at the same place, however fast the machine. SIGKILL may leave a hidden temporary (removed by the rerun);
-    SIGTERM ends the batch cleanly (exit 130).
+    SIGTERM ends the batch cleanly (exit 143, 128 + SIGTERM; Ctrl-C gives 130) with a summary that counts the
+    inputs never started.
     """
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
@@ -99,7 +100,8 @@ def test_killed_batch_resumes(checkpoints, runners, pngs, tmp_path, sig):
         stdout, _ = proc.communicate()
     done_before = mtimes(out)
     if sig == signal.SIGTERM:
-        assert proc.returncode == 130 and "run the same command to resume" in stdout
+        assert proc.returncode == 143 and "run the same command to resume" in stdout
+        assert "8 input(s): 4 done, 0 skipped, 0 failed, 4 not started" in stdout
         assert not [p for p in out.rglob("*") if is_temporary(p)]
     assert sorted(done_before) == [f"img{k}_seg.png" for k in range(4)]
     for name in done_before:  # what exists is complete
@@ -145,3 +147,77 @@ def test_outputs_inside_the_input_folder_are_not_inputs(runners, tmp_path):
     runner = runners["unet2d_membrane"]
     assert [r.status for r in run(runner, [src], src / "pred")] == ["done", "done"]
     assert [r.status for r in run(runner, [src], src / "pred")] == ["skipped", "skipped"]
+
+
+def test_a_claimed_input_is_left_to_its_holder_and_a_dead_holder_is_taken_over(runners, pngs, tmp_path):
+    import socket
+    import subprocess as sp
+
+    from monai_unet.io.atomic import _HOST, lock_path
+
+    out = tmp_path / "out"
+    out.mkdir()
+    alive = sp.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = sp.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        lock_path(out / "img1_seg.png").write_text(f"{_HOST} {alive.pid}\n")  # another run is on img1
+        lock_path(out / "img2_seg.png").write_text(f"{_HOST} {dead.pid}\n")  # a killed run's lock
+        results = run(runners["unet2d_membrane"], [pngs], out)
+    finally:
+        alive.kill()
+        alive.wait()
+    status = {Path(r.key).name: (r.status, r.reason) for r in results}
+    assert status["img1.png"] == ("skipped", f"being segmented by process {alive.pid} on {_HOST}")
+    assert status["img2.png"] == ("done", "")
+    assert sorted(mtimes(out)) == [f"img{k}_seg.png" for k in range(8) if k != 1]
+    assert lock_path(out / "img1_seg.png").exists() and not lock_path(out / "img2_seg.png").exists()
+    assert socket.gethostname()  # the host part of a lock is this machine's name
+
+
+def test_two_runs_on_one_folder_share_the_work(checkpoints, pngs, tmp_path):
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai_unet.cli",
+        "predict",
+        "--bundle",
+        "unet2d_membrane",
+        "--checkpoint",
+        str(checkpoints["unet2d_membrane"]),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--set",
+        "features=[4,8,16,32,64]",
+        "--input",
+        str(pngs),
+        "--output",
+        str(out),
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True) for _ in "ab"]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    done = [sum(" done " in line for line in o.splitlines()) for o in outputs]
+    assert sum(done) == 8, outputs  # every input segmented once, by one of the two runs
+    assert len(mtimes(out)) == 8 and not list(out.glob(".*.lock"))
+
+
+def test_a_cohort_with_the_same_inner_layout_runs_in_one_command(runners, shared_data, tmp_path):
+    study = next((shared_data / "brain_tumor_progression_dicom" / "PGBM-001").iterdir())
+    series = next(study.glob("*-T1post-*"))
+    cohort = tmp_path / "cohort"
+    for patient in ("pA", "pB"):
+        (cohort / patient).mkdir(parents=True)
+        os.symlink(series, cohort / patient / "T1post")
+    runner = runners["unet3d_volume"]
+    results = run(runner, [cohort / "pA" / "T1post", cohort / "pB" / "T1post"], tmp_path / "out")
+    assert [r.status for r in results] == ["done", "done"], [r.reason for r in results]
+    assert [r.outputs[0].relative_to(tmp_path / "out") for r in results] == [
+        Path("pA/T1post_seg.nii.gz"),
+        Path("pB/T1post_seg.nii.gz"),
+    ]
+    by_dicom = run(runner, [cohort / "pA" / "T1post"], tmp_path / "dicom", naming="dicom")
+    assert by_dicom[0].outputs[0] == tmp_path / "dicom" / "PGBM-001" / "19911119" / "11_T1post_seg.nii.gz"

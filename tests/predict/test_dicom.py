@@ -83,7 +83,8 @@ def mixed_folder(tmp_path_factory, shared_data) -> Path:
 def test_several_series_in_one_folder_become_several_volumes(runners, shared_data, mixed_folder, t1_results, tmp_path):
     items = discover_inputs([mixed_folder])
     assert [i.kind for i in items] == ["dicom", "dicom"]
-    assert len({i.series for i in items}) == 2 and len({i.rel for i in items}) == 2
+    assert len({i.series for i in items}) == 2
+    assert sorted(i.rel.name for i in items) == ["11_T1post", "5364_MaskTumor"]  # series number and description
     results = run(runners["unet3d_volume"], [mixed_folder], tmp_path / "mixed")
     assert [r.status for r in results] == ["done", "done"], [r.reason for r in results]
     ref = np.asarray(nib.load(t1_results[studies(shared_data)[0]].outputs[0]).dataobj)
