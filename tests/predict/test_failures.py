@@ -206,6 +206,10 @@ def test_an_image_without_a_place_in_space_fails_naming_the_header(runners, tmp_
     img.header.set_sform(affine, code=1)
     path = tmp_path / "flat.nii.gz"
     nib.save(img, path)
-    results, _ = run(runners["unet3d_volume"], [path], tmp_path / "out")
+    nib.save(nib.Nifti1Image(np.full((20, 20, 10), 5.0, np.float32), np.eye(4)), tmp_path / "constant.nii.gz")
+    results, _ = run(runners["unet3d_volume"], [path, tmp_path / "constant.nii.gz"], tmp_path / "out")
     assert results["flat.nii.gz"].status == "failed"
     assert "header" in results["flat.nii.gz"].reason
+    # a library's warning is tied to the input that raised it
+    assert results["constant.nii.gz"].status == "done"
+    assert any("a_min == a_max" in w for w in results["constant.nii.gz"].warnings)
