@@ -7,6 +7,11 @@ whole image, the result equals one pass of the network over the whole mirrored i
 The mirrored image is never built: each tile is gathered from the source through per-axis index maps, and a
 lazily read source (numpy memmap, zarr, a tifffile zarr store) is read only where a tile needs it. The output
 can be written into a caller-given array (memmap, zarr) tile by tile, so neither exists whole in memory.
+
+:func:`overlap_tile_inference` reads as its steps: check the settings (:func:`_check_settings`, shared with
+:class:`OverlapTileInferer`), choose the tile (:func:`_choose_tile`) and learn the halo (:func:`_known_halo`),
+plan the tiles (:func:`~monai_unet.inferers.tiling.plan_tiles`), then per batch of tiles read each mirrored
+tile (:func:`_read_tile`), run the network (:func:`_predict`) and write each output block (:func:`_write_block`).
 """
 
 from __future__ import annotations
@@ -27,23 +32,19 @@ from monai.utils import convert_to_dst_type
 from torch import nn
 
 from monai_unet.inferers.arrays import Source, check_out, sink_index, to_sink, zero_fill
-from monai_unet.inferers.tile_choice import (
-    TILE_SEARCHES,
-    default_memory_budget,
-    default_tile_size,
-)
+from monai_unet.inferers.tile_choice import TILE_SEARCHES, default_memory_budget, default_tile_size
 from monai_unet.inferers.tiling import (
     UNKNOWN_ALIGN,
     AxisPlan,
     SizeRules,
-    blend_weights,
-    gaussian_weights_1d,
+    TileGrid,
+    TileSpan,
+    check_option,
     per_axis,
-    plan_axis,
-    reflect_indices,
+    plan_tiles,
     size_rules_of,
 )
-from monai_unet.networks.sizes import nearest_valid_sizes_1d
+from monai_unet.networks.sizes import invalid_size_message
 
 __all__ = ["OverlapTileInferer", "channels_last_weights", "overlap_tile_inference"]
 
@@ -54,16 +55,45 @@ _ACTIVATIONS = ("softmax", "sigmoid", "none")
 # ---- settings ----------------------------------------------------------------------------------------------------
 
 
+def _check_settings(
+    sw_batch_size: int, overlap: float, mode: str, tta_activation: str, tile_search: str, memory_budget: int | None
+) -> tuple[str, str, str]:
+    """The one check of the settings that :class:`OverlapTileInferer` and :func:`overlap_tile_inference` share.
+
+    Returns ``(mode, tta_activation, tile_search)`` as MONAI's ``look_up_option`` finds them; raises ``ValueError``
+    naming the setting and its bad value.
+    """
+    mode = check_option("mode", mode, _MODES)
+    tta_activation = check_option("tta_activation", tta_activation, _ACTIVATIONS)
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}.")
+    if sw_batch_size < 1:
+        raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}.")
+    tile_search = check_option("tile_search", tile_search, TILE_SEARCHES)
+    if memory_budget is not None and memory_budget <= 0:
+        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}.")
+    return mode, tta_activation, tile_search
+
+
+def _spatial_dims(rules: SizeRules, tile_size: int | Sequence[int] | None, inputs: Any) -> int:
+    """From the network's size rules, else a per-axis ``tile_size`` (or halo), else a tensor input."""
+    if rules.spatial_dims is not None:
+        return rules.spatial_dims
+    if tile_size is not None and not isinstance(tile_size, int) and len(tile_size) > 1:
+        return len(tile_size)
+    if isinstance(inputs, torch.Tensor):
+        return len(inputs.shape) - 2
+    raise ValueError("cannot tell the number of spatial dimensions: give tile_size or halo with one per axis.")
+
+
 def _check_tile(tile: tuple[int, ...], rules: SizeRules) -> None:
     if rules.depth is None:
         return
     for axis, t in enumerate(tile):
         if not rules.is_valid(t):
-            below, above = nearest_valid_sizes_1d(t, rules.depth, rules.padding)
-            near = f"{below} or {above}" if below > 0 else f"{above}"
             raise ValueError(
-                f"tile_size {t} along spatial axis {axis} is not a valid input size of the network "
-                f"(padding={rules.padding!r}, depth {rules.depth}); use {near}."
+                invalid_size_message(t, axis, rules.depth, rules.padding, name="tile_size")
+                + ". Give one of these, or leave tile_size unset to choose one from the memory budget."
             )
 
 
@@ -129,9 +159,122 @@ def channels_last_weights(network: Any, enabled: bool = True) -> Iterator[None]:
                 del _CONVERTED[key]
 
 
+def _choose_tile(
+    network: Callable,
+    rules: SizeRules,
+    tile_size: int | Sequence[int] | None,
+    spatial: Sequence[int],
+    channels: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    memory_budget: int | None,
+    sw_batch_size: int,
+    overlap: float,
+    repeats: int,
+    tile_search: str,
+) -> tuple[int, ...]:
+    """The input tile: ``tile_size`` (checked against the network's size rules), or the one
+    :func:`~monai_unet.inferers.tile_choice.default_tile_size` picks within the memory budget."""
+    if tile_size is not None:
+        tile = per_axis(tile_size, len(spatial), "tile_size")
+        _check_tile(tile, rules)
+        return tile
+    if rules.depth is None:
+        raise ValueError(
+            "the network has no monai-unet size rules (not a UNet, or a traced module): give tile_size (a size "
+            "the network accepts) and, for an unpadded network, halo (or it is probed once from tile_size)."
+        )
+    if memory_budget is None:
+        memory_budget = default_memory_budget(device)
+    return default_tile_size(
+        network,
+        rules,
+        spatial,
+        channels,
+        device,
+        dtype,
+        int(memory_budget),
+        sw_batch_size=sw_batch_size,
+        overlap=overlap,
+        repeats=repeats,
+        tile_search=tile_search,
+    )
+
+
+def _known_halo(
+    network: Callable, rules: SizeRules, tile: tuple[int, ...], channels: int, device: torch.device, dtype
+) -> tuple[SizeRules, tuple[int, ...]]:
+    """The size rules with the halo known (probed by one forward of ``tile`` if need be) and the halo per axis."""
+    dims = len(tile)
+    if rules.halo is None:
+        hal = _probe_halo(network, tile, channels, device, dtype)
+        rules = dataclasses.replace(rules, halo=hal, align=1 if max(hal) == 0 else UNKNOWN_ALIGN)
+    else:
+        hal = per_axis(rules.halo, dims, "halo")
+    if len(hal) != dims:
+        raise ValueError(f"halo has {len(hal)} values but the image has {dims} spatial dimensions.")
+    return rules, hal
+
+
+def _read_tile(
+    src: Source, b: int, spans: Sequence[TileSpan], tile: tuple[int, ...], dtype: torch.dtype
+) -> torch.Tensor:
+    """The mirrored input tile ``(C, *tile)`` of image ``b``: its in-image block read once, then mirrored by one
+    reflect pad, or gathered axis by axis when some pad is wider than one reflection."""
+    block = src.read(b, [slice(s.lo, s.hi) for s in spans])
+    if any(s.index is not None for s in spans):
+        for a in reversed(range(len(spans))):
+            local = spans[a].gather_index(tile[a])
+            if local is not None:
+                block = block.index_select(a + 1, local.to(block.device))
+    elif any(s.pad_before or s.pad_after for s in spans):
+        pads = [v for s in reversed(spans) for v in (s.pad_before, s.pad_after)]
+        block = F.pad(block[None].to(dtype), pads, mode="reflect")[0]
+    return block
+
+
+def _prepare_output(
+    out: Any, shape: tuple[int, ...], dims: int, blend: bool, dtype: torch.dtype, device: torch.device
+) -> Any:
+    """Where the stitched output goes: ``out`` checked (and zeroed for blending), or a new tensor."""
+    if out is not None:
+        check_out(out, shape, dims)
+        if blend:
+            zero_fill(out, dims)
+        return out
+    return (torch.zeros if blend else torch.empty)(shape, dtype=dtype, device=device)
+
+
+def _write_block(target: Any, external: bool, y: torch.Tensor, b: int, pos: tuple[int, ...], grid: TileGrid) -> None:
+    """Write one tile's output ``y`` ``(C_out, *out)`` into image ``b`` of ``target``: without blending the part
+    the tile owns is assigned; with blending its part inside the image, weighted, is added."""
+    dims = len(pos)
+    if grid.weights is None:
+        dst = [slice(*p.own[k]) for p, k in zip(grid.plans, pos)]
+        loc = [slice(d.start - p.starts[k], d.stop - p.starts[k]) for d, p, k in zip(dst, grid.plans, pos)]
+        piece = y[(slice(None), *loc)]
+    else:
+        dst = [slice(p.starts[k], min(p.starts[k] + p.out, p.size)) for p, k in zip(grid.plans, pos)]
+        piece = y[(slice(None), *(slice(0, d.stop - d.start) for d in dst))]
+        for a, k in enumerate(pos):
+            shape = [1] * (dims + 1)
+            shape[a + 1] = -1
+            piece = piece * grid.weights[a][k].view(shape)
+    if external:
+        idx = sink_index(target, dims, b, dst)
+        value = to_sink(piece, target, idx)
+        target[idx] = value if grid.weights is None else target[idx] + value
+    elif grid.weights is None:
+        target[(b, slice(None), *dst)] = piece
+    else:
+        target[(b, slice(None), *dst)] += piece
+
+
 def overlap_tile_inference(
     inputs: torch.Tensor | Any,
     network: Callable[..., torch.Tensor],
+    *args: Any,
     tile_size: int | Sequence[int] | None = None,
     sw_batch_size: int = 1,
     overlap: float = 0.0,
@@ -147,7 +290,6 @@ def overlap_tile_inference(
     out: Any = None,
     tile_search: str = "auto",
     channels_last: bool | None = None,
-    *args: Any,
     **kwargs: Any,
 ) -> torch.Tensor | Any:
     """Run ``network`` over ``inputs`` tile by tile with mirrored borders and stitch the outputs.
@@ -156,32 +298,20 @@ def overlap_tile_inference(
         inputs: ``(B, C, *S)`` tensor, or a lazily read array (numpy memmap, zarr array, ...) of shape
             ``(B, C, *S)``, ``(C, *S)`` or ``(*S)``; any spatial size, also smaller than the halo.
         network: maps ``(N, C, *tile)`` to ``(N, C_out, *(tile - 2 * halo))``.
-        others: see :class:`OverlapTileInferer`.
+        args, kwargs: passed to ``network`` after the tiles.
         out: optional array (numpy memmap, zarr, tensor) of shape ``(B, C_out, *S)`` (or ``(C_out, *S)``,
             ``(*S)`` for ``B == 1``) written tile by tile and returned.
+        others (keyword-only): see :class:`OverlapTileInferer`.
 
     Returns:
         ``(B, C_out, *S)`` tensor on ``device`` (or ``out``): the network's output (logits) stitched; with
         ``tta`` the average of the activated (probability) outputs over all flips.
     """
-    if mode not in _MODES:
-        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}.")
-    if tta_activation not in _ACTIVATIONS:
-        raise ValueError(f"tta_activation must be one of {_ACTIVATIONS}, got {tta_activation!r}.")
-    if not 0.0 <= overlap < 1.0:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}.")
-    if sw_batch_size < 1:
-        raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}.")
-    if tile_search not in TILE_SEARCHES:
-        raise ValueError(f"tile_search must be one of {TILE_SEARCHES}, got {tile_search!r}.")
+    mode, tta_activation, tile_search = _check_settings(
+        sw_batch_size, overlap, mode, tta_activation, tile_search, memory_budget
+    )
     rules = size_rules_of(network, halo)
-    dims = rules.spatial_dims
-    if dims is None and tile_size is not None and not isinstance(tile_size, int) and len(tile_size) > 1:
-        dims = len(tile_size)
-    if dims is None:
-        dims = len(inputs.shape) - 2 if isinstance(inputs, torch.Tensor) else None
-    if dims is None:
-        raise ValueError("cannot tell the number of spatial dimensions: give tile_size or halo with one per axis.")
+    dims = _spatial_dims(rules, tile_size, inputs)
     meta_like = inputs if isinstance(inputs, MetaTensor) else None
     if meta_like is not None:
         inputs = inputs.as_tensor()  # plain tensor: indexing a MetaTensor per tile would copy its metadata
@@ -199,145 +329,51 @@ def overlap_tile_inference(
     device = torch.device(device)
     if channels_last is None:  # on the CPU, where oneDNN runs channels-last convolutions faster
         channels_last = isinstance(network, nn.Module) and sw_device.type == "cpu"
+    flips = [f for r in range(dims + 1) for f in itertools.combinations(range(2, dims + 2), r)] if tta else [()]
+    activation = tta_activation if tta else "none"
+
     with channels_last_weights(network, channels_last):
-        # tile size: given, or from a memory budget
-        if tile_size is not None:
-            tile = per_axis(tile_size, dims, "tile_size")
-            _check_tile(tile, rules)
-        elif rules.depth is not None:
-            if memory_budget is None:
-                memory_budget = default_memory_budget(sw_device)
-            repeats = bsz * (2**dims if tta else 1)
-            tile = default_tile_size(
-                network, rules, spatial, chans, sw_device, net_dtype, int(memory_budget), sw_batch_size, overlap,
-                repeats, tile_search,
-            )  # fmt: skip
-        else:
-            raise ValueError(
-                "the network has no monai-unet size rules (not a UNet, or a traced module): give tile_size (a size "
-                "the network accepts) and, for an unpadded network, halo (or it is probed once from tile_size)."
-            )
-        if rules.halo is None:
-            hal = _probe_halo(network, tile, chans, sw_device, net_dtype)
-            rules = dataclasses.replace(rules, halo=hal, align=1 if max(hal) == 0 else UNKNOWN_ALIGN)
-        else:
-            hal = per_axis(rules.halo, dims, "halo")
-        if len(hal) != dims:
-            raise ValueError(f"halo has {len(hal)} values but the image has {dims} spatial dimensions.")
-
-        fit = tile_size is None or rules.depth is not None
-        plans = [plan_axis(s, t, h, rules, overlap, fit=fit) for s, t, h in zip(spatial, tile, hal)]
-        tile = tuple(p.tile for p in plans)
-        # without extra overlap every pixel is written by exactly one tile (its owner): plain slice assignment
-        blend = overlap > 0.0
-        weights = None
-        if blend:
-            weights = []
-            for p in plans:
-                w = (
-                    gaussian_weights_1d(p.out, sigma_scale)
-                    if mode == "gaussian"
-                    else torch.ones(p.out, dtype=torch.float64)
-                )
-                weights.append([v.to(device) for v in blend_weights(p, w)])
-
-        # per axis and tile position: the in-image block [lo, hi) the tile reads, the mirrored pads around it, and
-        # the index map into the block for pads too wide for one reflection (None when one reflection does)
-        maps = []
-        for p, s in zip(plans, spatial):
-            axis_maps = []
-            for start in p.starts:
-                a, b = start - p.halo, start - p.halo + p.tile
-                lo, hi = max(a, 0), min(b, s)
-                if lo >= hi or lo - a >= hi - lo or b - hi >= hi - lo:  # ping-pong: gather through the index map
-                    idx = reflect_indices(a, p.tile, s)
-                    lo, hi = int(idx.min()), int(idx.max()) + 1
-                    axis_maps.append((lo, hi, 0, 0, idx - lo))
-                else:
-                    axis_maps.append((lo, hi, lo - a, b - hi, None))
-            maps.append(axis_maps)
+        tile = _choose_tile(
+            network, rules, tile_size, spatial, chans, sw_device, net_dtype, memory_budget=memory_budget,
+            sw_batch_size=sw_batch_size, overlap=overlap, repeats=bsz * len(flips), tile_search=tile_search,
+        )  # fmt: skip
+        rules, hal = _known_halo(network, rules, tile, chans, sw_device, net_dtype)
+        grid = plan_tiles(
+            spatial, tile, hal, rules, overlap=overlap, fit=tile_size is None or rules.depth is not None,
+            mode=mode, sigma_scale=sigma_scale, device=device,
+        )  # fmt: skip
         tile_format = torch.contiguous_format
         if channels_last and dims in (2, 3):
             tile_format = torch.channels_last if dims == 2 else torch.channels_last_3d
-        jobs = [(b, pos) for b in range(bsz) for pos in itertools.product(*(range(len(p.starts)) for p in plans))]
-        in_dtype = net_dtype
-        flips = [()] if not tta else [f for r in range(dims + 1) for f in itertools.combinations(range(2, dims + 2), r)]
-
-        result = None
-        external = out is not None
-        checked = False
+        jobs = [(b, pos) for b in range(bsz) for pos in grid.positions()]
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(jobs), desc="overlap-tile", unit="tile")
+        target = None
         for first in range(0, len(jobs), sw_batch_size):
             chunk = jobs[first : first + sw_batch_size]
-            xb = torch.empty((len(chunk), chans, *tile), dtype=in_dtype, device=sw_device)
+            xb = torch.empty((len(chunk), chans, *grid.tile), dtype=net_dtype, device=sw_device)
             xb = xb.contiguous(memory_format=tile_format)  # a no-op for one channel: strides as allocated
             for i, (b, pos) in enumerate(chunk):
-                m = [maps[a][k] for a, k in enumerate(pos)]
-                block = src.read(b, [slice(lo, hi) for lo, hi, *_ in m])
-                if any(local is not None for *_, local in m):
-                    for a in reversed(range(dims)):
-                        local = m[a][4]
-                        if local is None and (m[a][2] or m[a][3]):
-                            local = reflect_indices(m[a][2] and -m[a][2], tile[a], m[a][1] - m[a][0])
-                        if local is not None:
-                            block = block.index_select(a + 1, local.to(block.device))
-                elif any(pl or pr for _, _, pl, pr, _ in m):
-                    pads = [v for _, _, pl, pr, _ in reversed(m) for v in (pl, pr)]
-                    block = F.pad(block[None].to(in_dtype), pads, mode="reflect")[0]
-                xb[i].copy_(block)
-            y = _predict(network, xb, flips, tta_activation if tta else "none", *args, **kwargs)
-            if not checked:
-                _check_output(y, tile, hal, plans)
-                checked = True
-                if external:
-                    check_out(out, (bsz, y.shape[1], *spatial), dims)
-                    if blend:
-                        zero_fill(out, dims)
-                else:
-                    shape = (bsz, y.shape[1], *spatial)
-                    result = (torch.zeros if blend else torch.empty)(shape, dtype=y.dtype, device=device)
+                xb[i].copy_(_read_tile(src, b, grid.spans_at(pos), grid.tile, net_dtype))
+            y = _predict(network, xb, flips, activation, *args, **kwargs)
+            if target is None:
+                _check_output(y, grid.tile, hal, grid.plans)
+                target = _prepare_output(
+                    out, (bsz, y.shape[1], *spatial), dims, grid.weights is not None, y.dtype, device
+                )
             y = y.to(device)
             for i, (b, pos) in enumerate(chunk):
-                if blend:
-                    dst = [
-                        slice(plans[a].starts[k], min(plans[a].starts[k] + plans[a].out, plans[a].size))
-                        for a, k in enumerate(pos)
-                    ]
-                    piece = y[(i, slice(None), *(slice(0, d.stop - d.start) for d in dst))]
-                    for a, k in enumerate(pos):
-                        shape = [1] * (dims + 1)
-                        shape[a + 1] = -1
-                        piece = piece * weights[a][k].view(shape)
-                    if external:
-                        idx = sink_index(out, dims, b, dst)
-                        out[idx] = out[idx] + to_sink(piece, out, idx)
-                    else:
-                        result[(b, slice(None), *dst)] += piece
-                else:
-                    dst = [slice(*plans[a].own[k]) for a, k in enumerate(pos)]
-                    loc = [
-                        slice(d.start - plans[a].starts[k], d.stop - plans[a].starts[k])
-                        for a, (d, k) in enumerate(zip(dst, pos))
-                    ]
-                    piece = y[(i, slice(None), *loc)]
-                    if external:
-                        idx = sink_index(out, dims, b, dst)
-                        out[idx] = to_sink(piece, out, idx)
-                    else:
-                        result[(b, slice(None), *dst)] = piece
+                _write_block(target, out is not None, y[i], b, pos, grid)
             if bar is not None:
                 bar.update(len(chunk))
         if bar is not None:
             bar.close()
-        if external:
-            return out
-        if meta_like is not None:
-            result = convert_to_dst_type(result, meta_like, device=device)[0]
-        return result
+    if out is None and meta_like is not None:
+        target = convert_to_dst_type(target, meta_like, device=device)[0]
+    return target
 
 
 def _predict(
@@ -358,7 +394,7 @@ def _predict(
     return acc / len(flips)
 
 
-def _check_output(y: Any, tile: tuple[int, ...], hal: tuple[int, ...], plans: list[AxisPlan]) -> None:
+def _check_output(y: Any, tile: tuple[int, ...], hal: tuple[int, ...], plans: Sequence[AxisPlan]) -> None:
     if not isinstance(y, torch.Tensor):
         raise ValueError(f"the network must return a tensor, got {type(y).__name__}.")
     want = tuple(p.out for p in plans)
@@ -439,22 +475,12 @@ class OverlapTileInferer(Inferer):
         channels_last: bool | None = None,
     ) -> None:
         super().__init__()
-        if mode not in _MODES:
-            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}.")
-        if tta_activation not in _ACTIVATIONS:
-            raise ValueError(f"tta_activation must be one of {_ACTIVATIONS}, got {tta_activation!r}.")
-        if not 0.0 <= overlap < 1.0:
-            raise ValueError(f"overlap must be in [0, 1), got {overlap}.")
-        if sw_batch_size < 1:
-            raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}.")
-        if tile_search not in TILE_SEARCHES:
-            raise ValueError(f"tile_search must be one of {TILE_SEARCHES}, got {tile_search!r}.")
-        if memory_budget is not None and memory_budget <= 0:
-            raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}.")
+        self.mode, self.tta_activation, self.tile_search = _check_settings(
+            sw_batch_size, overlap, mode, tta_activation, tile_search, memory_budget
+        )
         self.tile_size = tile_size
         self.sw_batch_size = sw_batch_size
         self.overlap = overlap
-        self.mode = mode
         self.sigma_scale = sigma_scale
         self.sw_device = sw_device
         self.device = device
@@ -462,8 +488,6 @@ class OverlapTileInferer(Inferer):
         self.halo = halo
         self.memory_budget = memory_budget
         self.tta = tta
-        self.tta_activation = tta_activation
-        self.tile_search = tile_search
         self.channels_last = channels_last
 
     def __call__(
@@ -478,21 +502,21 @@ class OverlapTileInferer(Inferer):
         return overlap_tile_inference(
             inputs,
             network,
-            self.tile_size,
-            self.sw_batch_size,
-            self.overlap,
-            self.mode,
-            self.sigma_scale,
-            self.sw_device,
-            self.device,
-            self.progress,
-            self.halo,
-            self.memory_budget,
-            self.tta,
-            self.tta_activation,
-            out,
-            self.tile_search,
-            self.channels_last,
             *args,
+            tile_size=self.tile_size,
+            sw_batch_size=self.sw_batch_size,
+            overlap=self.overlap,
+            mode=self.mode,
+            sigma_scale=self.sigma_scale,
+            sw_device=self.sw_device,
+            device=self.device,
+            progress=self.progress,
+            halo=self.halo,
+            memory_budget=self.memory_budget,
+            tta=self.tta,
+            tta_activation=self.tta_activation,
+            out=out,
+            tile_search=self.tile_search,
+            channels_last=self.channels_last,
             **kwargs,
         )

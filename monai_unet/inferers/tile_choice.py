@@ -15,15 +15,22 @@ Any tile gives the same result to float rounding.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
+from torch.utils import benchmark
 
-from monai_unet.inferers.tiling import SizeRules, estimate_activation_bytes, estimate_flops, plan_axis
+from monai_unet.inferers.tiling import (
+    SizeRules,
+    check_option,
+    estimate_activation_bytes,
+    estimate_flops,
+    plan_axis,
+)
 from monai_unet.networks.sizes import input_size_1d
 
 __all__ = [
@@ -170,35 +177,24 @@ def _speed_key(network: Any, device: torch.device, dtype: torch.dtype, batch: in
     return (arch, name, str(dtype), threads, batch)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_forward(
     network: Callable, tile: tuple[int, ...], channels: int, device: torch.device, dtype: torch.dtype, batch: int
 ) -> float:
-    """Seconds of one forward of ``batch`` tiles: one untimed forward (allocation, kernel choice), then the best
-    of two timed ones (a single forward varies by up to 30% on a busy CPU), one when the first took over 2 s.
+    """Seconds of one forward of ``batch`` tiles, by :class:`torch.utils.benchmark.Timer` on this thread count:
+    ``timeit(1)`` runs two untimed forwards (allocation, kernel choice) and times the third, synchronising the
+    accelerator around it; so a timing costs three forwards, what :func:`speed_cap` budgets for it.
 
     The input comes from a private generator, so timing does not move the global random state.
     """
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randn((batch, channels, *tile), generator=gen, device=device, dtype=dtype)
-    best = float("inf")
-    with torch.no_grad():
-        _sync(device)
-        start = time.perf_counter()
-        network(x)
-        _sync(device)
-        runs = 1 if time.perf_counter() - start > 2.0 else 2
-        for _ in range(runs):
-            _sync(device)
-            start = time.perf_counter()
-            network(x)
-            _sync(device)
-            best = min(best, time.perf_counter() - start)
-    return best
+    timer = benchmark.Timer(
+        stmt="network(x)", globals={"network": network, "x": x}, num_threads=torch.get_num_threads()
+    )
+    # the Timer synchronises the current accelerator: make it this one
+    on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    with torch.no_grad(), on_device:
+        return timer.timeit(number=1).raw_times[0]
 
 
 def speed_ladder(rules: SizeRules, dims: int, memory_budget: int, sw_batch_size: int = 1) -> list[int]:
@@ -264,7 +260,7 @@ def speed_cap(
 
     for t in ladder:
         if t not in table:
-            need = 3.0 * estimate_flops(rules, t) * sw_batch_size  # one untimed, two timed forwards
+            need = 3.0 * estimate_flops(rules, t) * sw_batch_size  # time_forward: two untimed forwards, one timed
             if spent + need > allowed:
                 if len(speeds) < 2 or speeds[-1][0] < 0.95 * speeds[-2][0]:
                     return None
@@ -297,8 +293,7 @@ def default_tile_size(
     ``"flops"``, no larger than the :func:`speed_cap`. With ``"auto"`` the timing may cost at most ``max_cost``
     times the FLOPs of the inference it serves (``repeats``: batch x flips); ``"measure"`` times without limit.
     """
-    if tile_search not in TILE_SEARCHES:
-        raise ValueError(f"tile_search must be one of {TILE_SEARCHES}, got {tile_search!r}.")
+    tile_search = check_option("tile_search", tile_search, TILE_SEARCHES)
     if tile_search == "flops" or rules.halo is None or rules.halo[0] == 0:
         return auto_tile_size(rules, spatial, memory_budget, sw_batch_size, overlap)
     candidates = tile_candidates(rules, spatial, memory_budget, sw_batch_size, overlap)

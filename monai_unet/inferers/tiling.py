@@ -8,12 +8,15 @@ stitching weights are separable products of per-axis vectors. The size arithmeti
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
+from monai.utils import ensure_tuple_rep, look_up_option
 from torch import nn
 
 from monai_unet.networks.sizes import halo_1d, output_size_1d, smallest_valid_size_1d, valid_sizes_1d
@@ -21,9 +24,12 @@ from monai_unet.networks.sizes import halo_1d, output_size_1d, smallest_valid_si
 __all__ = [
     "AxisPlan",
     "SizeRules",
+    "TileGrid",
+    "TileSpan",
     "estimate_activation_bytes",
     "gaussian_weights_1d",
     "plan_axis",
+    "plan_tiles",
     "reflect_indices",
     "size_rules_of",
 ]
@@ -120,15 +126,23 @@ def size_rules_of(network: object, halo: int | Sequence[int] | None = None) -> S
 
 
 def per_axis(value: int | Sequence[int], dims: int, name: str) -> tuple[int, ...]:
-    """One value per spatial axis from one value or a sequence (``ValueError`` naming ``name`` otherwise)."""
-    if isinstance(value, (int, np.integer)):
-        return (int(value),) * dims
-    out = tuple(int(v) for v in value)
-    if len(out) == 1:
-        return out * dims
-    if len(out) != dims:
-        raise ValueError(f"{name} needs one value or {dims} values (one per spatial axis), got {out}.")
-    return out
+    """One value per spatial axis from one value, a one-element sequence or ``dims`` values (MONAI's
+    ``ensure_tuple_rep``); ``ValueError`` naming ``name`` otherwise."""
+    if not isinstance(value, (int, np.integer)) and len(value) == 1:
+        value = value[0]
+    try:
+        return tuple(int(v) for v in ensure_tuple_rep(value, dims))
+    except ValueError as e:
+        raise ValueError(f"{name} needs one value or {dims} values (one per spatial axis), got {value}.") from e
+
+
+def check_option(name: str, value: str, supported: Sequence[str]) -> str:
+    """``value`` as MONAI's ``look_up_option`` finds it among ``supported``; ``ValueError`` naming ``name`` otherwise
+    (MONAI's spelling suggestion follows as the cause)."""
+    try:
+        return look_up_option(value, supported)
+    except ValueError as e:
+        raise ValueError(f"{name} must be one of {tuple(supported)}, got {value!r}.") from e
 
 
 def reflect_indices(start: int, length: int, size: int) -> torch.Tensor:
@@ -244,6 +258,96 @@ def blend_weights(plan: AxisPlan, w: torch.Tensor) -> list[torch.Tensor]:
         e = min(s + plan.out, plan.size)
         out.append((w[: e - s] / total[s:e]).to(torch.float32))
     return out
+
+
+class TileSpan(NamedTuple):
+    """Where one input tile reads along one axis: the in-image block ``[lo, hi)`` and how it is mirrored.
+
+    Either the block is mirrored by one reflection (``pad_before`` and ``pad_after`` pixels, ``index`` ``None``),
+    or, for pads wider than one reflection (the image smaller than the halo), ``index`` maps the tile's
+    coordinates into the block (pads ``0``).
+    """
+
+    lo: int
+    hi: int
+    pad_before: int
+    pad_after: int
+    index: torch.Tensor | None
+
+    def gather_index(self, length: int) -> torch.Tensor | None:
+        """Indices into the block that give the ``length`` mirrored pixels; ``None``: the block as it is."""
+        if self.index is not None:
+            return self.index
+        if self.pad_before or self.pad_after:
+            return reflect_indices(-self.pad_before, length, self.hi - self.lo)
+        return None
+
+
+def axis_spans(plan: AxisPlan) -> tuple[TileSpan, ...]:
+    """Where each tile of the axis reads: one reflection where the pads are narrower than the in-image block,
+    else (ping-pong) an index map."""
+    spans = []
+    for start in plan.starts:
+        a = start - plan.halo
+        b = a + plan.tile
+        lo, hi = max(a, 0), min(b, plan.size)
+        if lo >= hi or lo - a >= hi - lo or b - hi >= hi - lo:  # ping-pong: gather through the index map
+            idx = reflect_indices(a, plan.tile, plan.size)
+            lo, hi = int(idx.min()), int(idx.max()) + 1
+            spans.append(TileSpan(lo, hi, 0, 0, idx - lo))
+        else:
+            spans.append(TileSpan(lo, hi, lo - a, b - hi, None))
+    return tuple(spans)
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """The tiles of an image: a Cartesian product of per-axis plans (indexed ``[axis][k]``).
+
+    Attributes:
+        tile: the input tile shape; ``plans``: per axis, the tile starts and the parts each tile owns.
+        spans: per axis and tile position, where the tile reads (:class:`TileSpan`).
+        weights: per axis and tile position, the normalised blending weights of the tile's part inside the image;
+            ``None`` without extra overlap, where every pixel is written by the one tile that owns it.
+    """
+
+    tile: tuple[int, ...]
+    plans: tuple[AxisPlan, ...]
+    spans: tuple[tuple[TileSpan, ...], ...]
+    weights: tuple[tuple[torch.Tensor, ...], ...] | None
+
+    def positions(self) -> Iterator[tuple[int, ...]]:
+        return itertools.product(*(range(len(p.starts)) for p in self.plans))
+
+    def spans_at(self, pos: tuple[int, ...]) -> list[TileSpan]:
+        return [self.spans[a][k] for a, k in enumerate(pos)]
+
+
+def plan_tiles(
+    spatial: Sequence[int],
+    tile: Sequence[int],
+    halo: Sequence[int],
+    rules: SizeRules,
+    *,
+    overlap: float = 0.0,
+    fit: bool = True,
+    mode: str = "constant",
+    sigma_scale: float = 0.125,
+    device: torch.device | str = "cpu",
+) -> TileGrid:
+    """Plan the tiles of an image of size ``spatial``: along each axis with :func:`plan_axis` (fitted to the image
+    when ``fit``), where each tile reads (:func:`axis_spans`), and, when ``overlap > 0``, the blending weights
+    (``mode`` ``"constant"`` or ``"gaussian"``) on ``device``."""
+    plans = tuple(plan_axis(s, t, h, rules, overlap, fit=fit) for s, t, h in zip(spatial, tile, halo))
+
+    def profile(out: int) -> torch.Tensor:
+        return gaussian_weights_1d(out, sigma_scale) if mode == "gaussian" else torch.ones(out, dtype=torch.float64)
+
+    weights = None
+    if overlap > 0.0:
+        weights = tuple(tuple(v.to(device) for v in blend_weights(p, profile(p.out))) for p in plans)
+    spans = tuple(axis_spans(p) for p in plans)
+    return TileGrid(tile=tuple(p.tile for p in plans), plans=plans, spans=spans, weights=weights)
 
 
 def estimate_flops(rules: SizeRules, tile: Sequence[int]) -> int:

@@ -88,6 +88,38 @@ def nearest_valid_sizes_1d(size: int, depth: int, padding: str = "valid") -> tup
     return below, above
 
 
+def invalid_size_message(size: int, axis: int, depth: int, padding: str = "valid", name: str = "size") -> str:
+    """Why ``size`` is not a valid input length along spatial ``axis``, naming the nearest valid lengths.
+
+    The one wording of this error for the network, the inferer and anything else that checks sizes, e.g.
+    ``"size 570 along spatial axis 0 is not a valid input size of a U-Net with padding='valid' and depth 4: the
+    nearest valid sizes are 556 (below) and 572 (above); valid sizes are 188 + 16k"``; callers append what to do.
+    ``name``: what the size is (``"size"``, ``"tile_size"``). String concatenation keeps it TorchScript-compatible.
+    """
+    below, above = nearest_valid_sizes_1d(size, depth, padding)
+    near = "the nearest valid size is " + str(above)
+    if below > 0:
+        near = "the nearest valid sizes are " + str(below) + " (below) and " + str(above) + " (above)"
+    return (
+        name
+        + " "
+        + str(size)
+        + " along spatial axis "
+        + str(axis)
+        + " is not a valid input size of a U-Net with padding='"
+        + padding
+        + "' and depth "
+        + str(depth)
+        + ": "
+        + near
+        + "; valid sizes are "
+        + str(smallest_valid_size_1d(depth, padding))
+        + " + "
+        + str(1 << depth)
+        + "k"
+    )
+
+
 def valid_sizes_1d(max_size: int, depth: int, padding: str = "valid", min_size: int = 1) -> list[int]:
     """All valid input lengths of one axis in ``[min_size, max_size]``, ascending (step ``2 ** depth``)."""
     first = smallest_valid_size_1d(depth, padding)

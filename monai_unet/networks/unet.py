@@ -9,14 +9,15 @@ from typing import ClassVar
 import torch
 from monai.networks.layers.factories import Conv, Dropout, Pool
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
+from monai.utils import ensure_tuple_rep
 from torch import nn
 
 from monai_unet.networks.sizes import (
     halo_1d,
     input_size_1d,
+    invalid_size_message,
     nearest_valid_sizes_1d,
     output_size_1d,
-    smallest_valid_size_1d,
     valid_sizes_1d,
 )
 
@@ -27,28 +28,9 @@ _UPSAMPLES = ("deconv", "nontrainable")
 
 
 def _size_error(size: int, axis: int, depth: int, padding: str) -> str:
-    below, above = nearest_valid_sizes_1d(size, depth, padding)
-    first = smallest_valid_size_1d(depth, padding)
-    step = 1 << depth
-    near = "the nearest valid size is " + str(above)
-    if below > 0:
-        near = "the nearest valid sizes are " + str(below) + " (below) and " + str(above) + " (above)"
     return (
-        "UNet(padding='"
-        + padding
-        + "', depth="
-        + str(depth)
-        + ") cannot take size "
-        + str(size)
-        + " along spatial axis "
-        + str(axis)
-        + ": "
-        + near
-        + "; valid sizes are "
-        + str(first)
-        + " + "
-        + str(step)
-        + "k. Crop or pad the input to a valid size, or use monai_unet.inferers.OverlapTileInferer for any size."
+        invalid_size_message(size, axis, depth, padding)
+        + ". Crop or pad the input to a valid size, or use monai_unet.inferers.OverlapTileInferer for any size."
     )
 
 
@@ -209,36 +191,37 @@ class UNet(nn.Module):
         """Pixels lost per side along each spatial axis (92 for the paper's network, 0 for ``"same"``)."""
         return (halo_1d(self.n_pool, self.padding),) * self.spatial_dims
 
-    def _per_axis(self, size: int | Sequence[int]) -> tuple[int, ...]:
-        if isinstance(size, int):
-            return (size,) * self.spatial_dims
-        size = tuple(int(s) for s in size)
-        if len(size) != self.spatial_dims:
-            raise ValueError(f"expected {self.spatial_dims} spatial sizes, got {len(size)}: {size}.")
-        return size
+    def _per_axis(self, value: int | Sequence[int], name: str) -> tuple[int, ...]:
+        try:
+            return tuple(int(v) for v in ensure_tuple_rep(value, self.spatial_dims))
+        except ValueError as e:
+            raise ValueError(
+                f"{name} needs one int or {self.spatial_dims} values (one per spatial axis), got {value}."
+            ) from e
 
     def is_valid_size(self, size: int | Sequence[int]) -> bool:
         """Whether ``size`` (one int for every axis, or one per axis) is a valid input size."""
-        return all(output_size_1d(s, self.n_pool, self.padding) > 0 for s in self._per_axis(size))
+        return all(output_size_1d(s, self.n_pool, self.padding) > 0 for s in self._per_axis(size, "size"))
 
     def check_input_size(self, size: int | Sequence[int]) -> None:
         """Raise ``ValueError`` naming the nearest valid sizes if ``size`` is not a valid input size."""
-        for axis, s in enumerate(self._per_axis(size)):
+        for axis, s in enumerate(self._per_axis(size, "size")):
             if output_size_1d(s, self.n_pool, self.padding) <= 0:
                 raise ValueError(_size_error(s, axis, self.n_pool, self.padding))
 
     def output_size(self, input_size: int | Sequence[int]) -> tuple[int, ...]:
         """Spatial output size for a valid ``input_size``; ``ValueError`` with suggestions otherwise."""
-        self.check_input_size(input_size)
-        return tuple(output_size_1d(s, self.n_pool, self.padding) for s in self._per_axis(input_size))
+        sizes = self._per_axis(input_size, "input_size")
+        self.check_input_size(sizes)
+        return tuple(output_size_1d(s, self.n_pool, self.padding) for s in sizes)
 
     def input_size(self, output_size: int | Sequence[int]) -> tuple[int, ...]:
         """The smallest valid input size whose output is at least ``output_size`` along every axis."""
-        return tuple(input_size_1d(s, self.n_pool, self.padding) for s in self._per_axis(output_size))
+        return tuple(input_size_1d(s, self.n_pool, self.padding) for s in self._per_axis(output_size, "output_size"))
 
     def nearest_valid_sizes(self, size: int | Sequence[int]) -> tuple[tuple[int, int], ...]:
         """Per axis, the nearest valid input sizes ``(below, above)`` (``below`` is -1 when there is none)."""
-        return tuple(nearest_valid_sizes_1d(s, self.n_pool, self.padding) for s in self._per_axis(size))
+        return tuple(nearest_valid_sizes_1d(s, self.n_pool, self.padding) for s in self._per_axis(size, "size"))
 
     def valid_sizes(self, max_size: int, min_size: int = 1) -> list[int]:
         """All valid input lengths of one axis in ``[min_size, max_size]`` (the same rule holds on every axis)."""

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from monai.bundle import ConfigParser
@@ -16,6 +17,8 @@ from torch import nn
 
 from monai_unet.inferers import OverlapTileInferer, auto_tile_size, choose_tile_size, overlap_tile_inference
 from monai_unet.inferers.tiling import (
+    SizeRules,
+    axis_spans,
     estimate_activation_bytes,
     estimate_flops,
     plan_axis,
@@ -73,6 +76,23 @@ def test_reflect_is_numpy_reflect_repeated(size: int, pad: int) -> None:
         step = min(size - 1, pad - (len(ref) - size) // 2)
         ref = np.pad(ref, step, mode="reflect")
     np.testing.assert_array_equal(idx, ref)
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 30, 131])
+@pytest.mark.parametrize("tile,halo", [(44, 20), (60, 20), (12, 4)])
+def test_tile_spans_read_the_mirrored_image(size: int, tile: int, halo: int) -> None:
+    """Each tile's span (one reflection of its in-image block, or an index map for pads wider than the image)
+    reads exactly the tile's part of the axis mirrored without end."""
+    plan = plan_axis(size, tile, halo, SizeRules(spatial_dims=1, halo=(halo,)), fit=False)
+    axis = torch.arange(size, dtype=torch.float32)
+    for start, span in zip(plan.starts, axis_spans(plan)):
+        want = axis[reflect_indices(start - halo, tile, size)]
+        block = axis[span.lo : span.hi]
+        index = span.gather_index(tile)  # the gather path (taken when any axis of the tile needs an index map)
+        assert torch.equal(block if index is None else block[index], want)
+        if span.index is None:  # the one-reflection path
+            read = F.pad(block[None, None], (span.pad_before, span.pad_after), mode="reflect")[0, 0]
+            assert torch.equal(read, want)
 
 
 # ---- exactness ---------------------------------------------------------------------------------------------------
@@ -389,3 +409,32 @@ def test_error_wrong_dimensionality_and_bad_settings() -> None:
         OverlapTileInferer(mode="linear")
     with pytest.raises(ValueError, match="tile_size"):
         OverlapTileInferer()(torch.randn(1, 1, 8, 8), Opaque(net))
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"mode": "gausian"},
+        {"tta_activation": "softplus"},
+        {"tile_search": "fastest"},
+        {"overlap": -0.1},
+        {"sw_batch_size": 0},
+        {"memory_budget": 0},
+    ],
+)
+def test_bad_settings_are_refused_alike_by_the_function_and_the_inferer(setting: dict) -> None:
+    """One check for both entry points: the same ValueError, naming the setting, before any work."""
+    name = next(iter(setting))
+    with pytest.raises(ValueError, match=name) as by_class:
+        OverlapTileInferer(**setting)
+    with pytest.raises(ValueError, match=name) as by_function:
+        overlap_tile_inference(torch.randn(1, 1, 8, 8), make_net(2), tile_size=44, **setting)
+    assert str(by_class.value) == str(by_function.value)
+
+
+def test_tile_size_errors_name_the_nearest_valid_sizes_and_the_argument() -> None:
+    net, x = make_net(2), torch.randn(1, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"tile_size 93 along spatial axis 1 .* 92 \(below\) and 96 \(above\)"):
+        overlap_tile_inference(x, net, tile_size=(92, 93))
+    with pytest.raises(ValueError, match=r"tile_size needs one value or 2 values"):
+        overlap_tile_inference(x, net, tile_size=(92, 92, 92))
