@@ -5,12 +5,14 @@ and resuming needs a second handler pointed at a file that may not exist yet. :c
 both: on ``STARTED`` it loads ``<save_dir>/<filename>`` if present (network, optimizer, scheduler, engine state),
 and every ``save_interval`` epochs or iterations (and on completion) it writes the state to a temporary file in the
 same folder, flushes it to disk and renames it over the old one, so the file on disk is always complete. It also
-writes ``model.pt`` (the network's ``state_dict`` alone) the same way, for inference.
+writes ``model.pt`` (the network's ``state_dict`` alone) the same way, for inference. :class:`AtomicCheckpointSaver`
+keeps an evaluator's best model the same way. Every write goes through :func:`atomic_torch_save`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,7 +20,8 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
-from monai.handlers import CheckpointSaver
+from ignite.handlers import Checkpoint
+from ignite.handlers.checkpoint import BaseSaveHandler
 
 from monai_unet.io.atomic import atomic_output
 
@@ -130,16 +133,88 @@ class ResumableCheckpoint:
             atomic_torch_save(state[self.network_key], self.model_path)
 
 
-class AtomicCheckpointSaver(CheckpointSaver):
-    """MONAI's ``CheckpointSaver`` with atomic writes (temporary file, then rename), same arguments.
+class _FixedFileSaver(BaseSaveHandler):
+    """An ignite save handler that writes every checkpoint to one file with :func:`atomic_torch_save` (rank 0 only).
 
-    MONAI sets ``atomic=False`` on its disk saver to keep group/other read permissions; ignite's atomic path
-    restores those permissions after the rename, so nothing is lost by switching it back on.
+    ``Checkpoint`` calls ``remove`` for the checkpoint a better one replaces; the file name being fixed, the new
+    file has already been renamed over it, so there is nothing to delete (deleting first, as MONAI's saver does,
+    leaves no file at all if the process dies before the next write).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        for name in ("_final_checkpoint", "_key_metric_checkpoint", "_interval_checkpoint"):
-            checkpoint = getattr(self, name, None)
-            if checkpoint is not None:
-                checkpoint.save_handler._atomic = True
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        if _is_rank0():
+            atomic_torch_save(checkpoint, self.path)
+
+    def remove(self, filename: str) -> None:
+        """Nothing to delete: the next save replaces the file."""
+
+
+class AtomicCheckpointSaver:
+    """Keep an evaluator's best model (by its key metric), and optionally the final one, each in one complete file.
+
+    For a MONAI evaluator's ``val_handlers`` in place of MONAI's ``CheckpointSaver``, with its argument names (the
+    fixed-file-name part the bundles use), on ignite's public ``Checkpoint``. MONAI's saver writes in place
+    (``atomic=False``) and deletes the previous best file before writing the next one, so a kill at the wrong moment
+    leaves a truncated file or none; here every save writes a temporary file beside the target, flushes it and
+    renames it over the old one.
+
+    Args:
+        save_dir: folder of the files (created when missing).
+        save_dict: objects with ``state_dict`` to save, e.g. ``{"model": network}``. A single object is saved as
+            its bare ``state_dict`` (as MONAI's saver does), which MONAI's ``CheckpointLoader`` reads with
+            ``load_dict={"model": network}``.
+        save_key_metric: at the end of each evaluation, save when the key metric beats the best so far.
+        key_metric_name: the metric in ``engine.state.metrics``; by default the evaluator's key metric
+            (``engine.state.key_metric_name``). Higher is better; a NaN never counts as an improvement.
+        key_metric_filename: the best model's file name inside ``save_dir``.
+        save_final: save when the engine completes.
+        final_filename: the final model's file name inside ``save_dir``.
+    """
+
+    def __init__(
+        self,
+        save_dir: str | os.PathLike,
+        save_dict: Mapping[str, Any],
+        save_key_metric: bool = True,
+        key_metric_name: str | None = None,
+        key_metric_filename: str = "model.pt",
+        save_final: bool = False,
+        final_filename: str = "model_final.pt",
+    ) -> None:
+        if not save_dict:
+            raise ValueError("save_dict is empty: give the objects to save, e.g. {'model': network}.")
+        if not (save_key_metric or save_final):
+            raise ValueError("nothing to save: set save_key_metric=True and/or save_final=True.")
+        self.save_dir = Path(save_dir)
+        self.key_metric_name = key_metric_name
+        self.key_metric_checkpoint = None
+        self.final_checkpoint = None
+        if save_key_metric:
+            self.key_metric_checkpoint = Checkpoint(
+                dict(save_dict),
+                _FixedFileSaver(self.save_dir / key_metric_filename),
+                score_function=self._key_metric,
+                score_name="key_metric",
+                n_saved=1,
+            )
+        if save_final:  # n_saved=None: every completion saves (an evaluator restarts its iteration count each run)
+            self.final_checkpoint = Checkpoint(
+                dict(save_dict), _FixedFileSaver(self.save_dir / final_filename), n_saved=None
+            )
+
+    def _key_metric(self, engine: Engine) -> float:
+        name = self.key_metric_name or getattr(engine.state, "key_metric_name", None)
+        if name is None:
+            raise ValueError("save_key_metric=True needs key_metric_name, or an evaluator with a key_val_metric.")
+        value = float(engine.state.metrics[name])
+        return -math.inf if math.isnan(value) else value
+
+    def attach(self, engine: Engine) -> None:
+        """Check the key metric when each evaluation (epoch) completes; save the final model when the run does."""
+        if self.key_metric_checkpoint is not None:
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self.key_metric_checkpoint)
+        if self.final_checkpoint is not None:
+            engine.add_event_handler(Events.COMPLETED, self.final_checkpoint)

@@ -11,6 +11,7 @@ import torch
 from _bundle_utils import BUNDLES
 from monai.bundle import ConfigParser
 from monai.bundle.scripts import _get_fake_spatial_shape
+from monai.data import MetaTensor
 
 from monai_unet.networks import UNet
 
@@ -99,15 +100,31 @@ def test_train_and_evaluate_configs_build(bundle: str, tiny_em: Path, tiny_volum
     assert tuple(sample["image"].shape[1:]) == tuple(tile)
     assert tuple(sample["label"].shape[1:]) == net.output_size(tile)
     assert set(np.unique(sample["label"][0].numpy())) <= {0.0, 1.0}
+    assert sample["label"].shape[0] == (2 if bundle.startswith("unet2d") else 1)  # the 2D label carries its weights
     ev = _parser(bundle, "train", "evaluate", bundle_root=str(tmp_path), dataset_dir=str(data), num_workers=0)
     ev.get_parsed_content("validate#evaluator")
+    # evaluate.json keeps the images' metadata (MetricsSaver names each image's row by its file)
+    assert isinstance(ev.get_parsed_content("validate#dataset")[0]["image"], MetaTensor)
+    assert not isinstance(parser.get_parsed_content("validate#dataset")[0]["image"], MetaTensor)
 
 
 @pytest.mark.parametrize("bundle", BUNDLE_NAMES)
 def test_inference_config_builds(bundle: str, tmp_path: Path) -> None:
+    from monai.engines import SupervisedEvaluator
+    from monai.transforms import Compose
+
+    from monai_unet.inferers import OverlapTileInferer
+
     parser = _parser(bundle, "inference", bundle_root=str(tmp_path), datalist=[])
-    for key in ("network", "preprocessing", "inferer", "postprocessing", "evaluator"):
-        assert parser.get_parsed_content(key) is not None
+    expected = {
+        "network": UNet,
+        "preprocessing": Compose,
+        "inferer": OverlapTileInferer,
+        "postprocessing": Compose,
+        "evaluator": SupervisedEvaluator,
+    }
+    for key, cls in expected.items():
+        assert isinstance(parser.get_parsed_content(key), cls), key
 
 
 @pytest.mark.parametrize("bundle", BUNDLE_NAMES)
@@ -137,3 +154,63 @@ def test_border_weight_keys_reach_the_weight_map(configs: tuple[str, ...], tiny_
         assert getattr(default, attr) == recipe.get(key, train[key])
     changed = weight_map(border_w0=3.0, border_sigma=2.0, class_balance=not default.class_balance)
     assert (changed.w0, changed.sigma, changed.class_balance) == (3.0, 2.0, not default.class_balance)
+
+
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+@pytest.mark.parametrize("benchmark", [True, False])
+def test_initialize_sets_cudnn_benchmark(bundle: str, benchmark: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``initialize`` leaves ``torch.backends.cudnn.benchmark`` as ``cudnn_benchmark`` says (on by default), after
+    ``set_determinism`` turned it off; multi_gpu_train.json, which replaces ``initialize``, does the same."""
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", not benchmark)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", torch.backends.cudnn.deterministic)
+    parser = _parser(bundle, "train", **({} if benchmark else {"cudnn_benchmark": False}))
+    with torch.random.fork_rng():
+        parser.get_parsed_content("initialize")
+    assert torch.backends.cudnn.benchmark is benchmark
+    train = json.loads((BUNDLES / bundle / "configs" / "train.json").read_text())
+    multi = json.loads((BUNDLES / bundle / "configs" / "multi_gpu_train.json").read_text())
+    assert set(train["initialize"]) <= set(multi["initialize"])
+
+
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+def test_train_loss_is_logged_by_rank_0_only(
+    bundle: str, tiny_em: Path, tiny_volumes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On ranks > 0 of a distributed run (``is_not_rank0``, the id MONAI's MLflow tracking also uses) the
+    train-loss console and TensorBoard handlers are left out, and nothing else."""
+    import torch.distributed as dist
+
+    data = tiny_em if bundle.startswith("unet2d") else tiny_volumes
+    settings = {"bundle_root": str(tmp_path), "dataset_dir": str(data), "num_workers": 0}
+
+    def handlers(rank: int | None) -> list[str]:
+        monkeypatch.setattr(dist, "is_initialized", lambda: rank is not None)
+        monkeypatch.setattr(dist, "get_rank", lambda: rank)
+        parser = _parser(bundle, "train", **settings)
+        return [type(h).__name__ for h in parser.get_parsed_content("train#handlers")]
+
+    single, rank0, rank1 = handlers(None), handlers(0), handlers(1)
+    assert single == rank0
+    assert set(rank0) - set(rank1) == {"StatsHandler", "TensorBoardStatsHandler"}
+    assert [h for h in rank0 if h in rank1] == rank1
+
+
+def test_weight_map_off_trains_on_the_plain_label(tiny_em: Path, tmp_path: Path) -> None:
+    """``use_weight_map: false`` (with a loss that takes a class label) leaves the weight map out of the pipeline."""
+    from monai_unet.transforms import BorderWeightMapd
+
+    parser = _parser(
+        "unet2d_membrane",
+        "train",
+        bundle_root=str(tmp_path),
+        dataset_dir=str(tiny_em),
+        num_workers=0,
+        use_weight_map=False,
+        loss={"_target_": "DiceFocalLoss", "to_onehot_y": True, "softmax": True},
+    )
+    transforms = parser.get_parsed_content("train#deterministic_transforms")
+    assert not any(isinstance(t, BorderWeightMapd) for t in transforms)
+    assert parser.get_parsed_content("train#spatial_keys") == ["image", "label"]
+    sample = parser.get_parsed_content("train#dataset")[0]
+    net = parser.get_parsed_content("network_def")
+    assert tuple(sample["label"].shape) == (1, *net.output_size(parser.get_parsed_content("tile_size")))

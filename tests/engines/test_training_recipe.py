@@ -12,11 +12,12 @@ from monai.data import DataLoader, Dataset
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import MeanDice, from_engine
 from monai.losses import DiceFocalLoss
+from monai.metrics import DiceMetric
 from monai.transforms import AsDiscreted, CenterSpatialCropd, Compose, ConcatItemsd
 from scipy import ndimage as ndi
 
 from monai_unet.losses import WeightedCrossEntropyLoss
-from monai_unet.metrics import PixelError, RandError
+from monai_unet.metrics import PixelError, RandError, compute_pixel_error, compute_rand_error
 from monai_unet.networks import UNet
 from monai_unet.transforms import BorderWeightMapd
 
@@ -111,7 +112,12 @@ def test_bundle_config_trains_with_supervised_trainer(shared_data, weighted):
     trainer.run()
     assert len(losses) == 2 and np.isfinite(losses).all()
     assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
-    assert 0.0 <= trainer.state.metrics["train_dice"] <= 1.0
+    # the train Dice (one batch per epoch) is that of the last batch's class label, the weight channel left out
+    preds, labels = from_engine(["pred", "label"])(trainer.state.output)
+    for label in labels:
+        assert label.shape == (2, 28, 28) and torch.equal(label.sum(0), torch.ones(28, 28))  # one-hot classes
+    expected = DiceMetric(include_background=True)(preds, labels).mean().item()
+    assert trainer.state.metrics["train_dice"] == pytest.approx(expected, abs=1e-6)
 
 
 def blob_data(n: int, size: int = PATCH) -> list[dict]:
@@ -175,6 +181,15 @@ def test_evaluator_reports_isbi_metrics():
     evaluator.run()
     metrics = evaluator.state.metrics
     assert set(metrics) == {"val_rand_error", "val_pixel_error", "val_mean_dice"}
-    assert 0.0 <= metrics["val_pixel_error"] <= 1.0 and 0.0 <= metrics["val_rand_error"] <= 1.0
     assert evaluator.state.best_metric == metrics["val_rand_error"]
-    assert len(evaluator.state.metric_details["val_pixel_error"]) == 3  # one value per image
+    # each reported value is the mean over the 3 images (in 2 batches) of the metric of that image alone
+    with torch.no_grad():
+        preds = [net(item["image"][None]).argmax(1, keepdim=True) for item in data]
+    labels = [item["label"][None] for item in data]
+    for name, fn in (("val_pixel_error", compute_pixel_error), ("val_rand_error", compute_rand_error)):
+        per_image = [fn(p, t).item() for p, t in zip(preds, labels)]
+        details = evaluator.state.metric_details[name].flatten().tolist()
+        assert details == pytest.approx(per_image, abs=1e-6)
+        assert metrics[name] == pytest.approx(np.mean(per_image), abs=1e-6)
+    pixel = [(p != t).float().mean().item() for p, t in zip(preds, labels)]  # by hand, for one of them
+    assert metrics["val_pixel_error"] == pytest.approx(np.mean(pixel), abs=1e-6)

@@ -1,4 +1,5 @@
-"""ResumableCheckpoint: atomic writes, and a resumed run continues where the stopped one left off."""
+"""ResumableCheckpoint: atomic writes, and a resumed run continues where the stopped one left off;
+AtomicCheckpointSaver: the best model by the key metric, always a complete file."""
 
 from __future__ import annotations
 
@@ -83,14 +84,90 @@ def test_unreadable_checkpoint_says_what_to_do(tmp_path: Path) -> None:
         handler.load()
 
 
-def test_monai_checkpoint_saver_made_atomic(tmp_path: Path) -> None:
+def _evaluations(saver, scores: list[float], broken_at: int | None = None) -> torch.nn.Module:
+    """An evaluator-like engine: epoch ``e`` sets every weight to ``e`` and reports ``scores[e - 1]`` as key metric."""
+    net = torch.nn.Linear(2, 1)
+
+    def step(engine: Engine, batch: int) -> None:
+        with torch.no_grad():
+            for p in net.parameters():
+                p.fill_(engine.state.epoch)
+
+    engine = Engine(step)
+    engine.state.key_metric_name = "val_mean_dice"
+
+    @engine.on(Events.EPOCH_COMPLETED)
+    def _metric(e: Engine) -> None:
+        e.state.metrics = {"val_mean_dice": scores[e.state.epoch - 1]}
+
+    saver = saver(net)
+    saver.attach(engine)
+    engine.run([0], max_epochs=len(scores))
+    return net
+
+
+def test_best_model_is_kept_by_the_key_metric(tmp_path: Path) -> None:
+    """The file holds the epoch with the best score (a tie does not replace it); the final file the last epoch."""
+    from monai.handlers import CheckpointLoader
+
+    from monai_unet.handlers import AtomicCheckpointSaver
+
+    def saver(net):
+        return AtomicCheckpointSaver(tmp_path, {"model": net}, save_final=True, final_filename="final.pt")
+
+    _evaluations(saver, [0.5, 0.8, float("nan"), 0.8, 0.6])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final.pt", "model.pt"]
+    assert torch.load(tmp_path / "model.pt", weights_only=True)["weight"].unique().tolist() == [2.0]
+    assert torch.load(tmp_path / "final.pt", weights_only=True)["weight"].unique().tolist() == [5.0]
+    # as the bundles' inference.json reads it
+    net = torch.nn.Linear(2, 1)
+    engine = Engine(lambda e, b: None)
+    CheckpointLoader(str(tmp_path / "model.pt"), {"model": net}).attach(engine)
+    engine.run([0])
+    assert net.bias.item() == 2.0
+
+
+def test_best_model_file_survives_a_failed_save(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kill while the next best model is written leaves the previous best file whole, and no temporary."""
+    from monai_unet.handlers import AtomicCheckpointSaver
+
+    real_save = torch.save
+
+    def save_then_break_on_epoch_2(obj, f, *args, **kwargs):
+        if obj["weight"].unique().item() == 2.0:
+            Path(f).write_bytes(b"half a checkpoint")
+            raise KeyboardInterrupt
+        real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_then_break_on_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        _evaluations(lambda net: AtomicCheckpointSaver(tmp_path, {"model": net}), [0.5, 0.9])
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+    assert torch.load(tmp_path / "model.pt", weights_only=True)["weight"].unique().tolist() == [1.0]
+
+
+def test_final_model_is_saved_at_every_completion(tmp_path: Path) -> None:
+    """An evaluator runs once per validation; the final file holds the weights of the last run."""
     from monai_unet.handlers import AtomicCheckpointSaver
 
     net = torch.nn.Linear(2, 1)
-    saver = AtomicCheckpointSaver(str(tmp_path), {"model": net}, save_final=True, final_filename="final.pt")
-    assert saver._final_checkpoint.save_handler._atomic
-    engine = Engine(lambda e, b: None)
-    saver.attach(engine)
-    engine.run([0], max_epochs=1)
-    (saved,) = tmp_path.glob("*.pt")
-    torch.testing.assert_close(torch.load(saved, weights_only=True)["weight"], net.weight.detach())
+    runs = []
+
+    def step(engine: Engine, batch: int) -> None:
+        with torch.no_grad():
+            net.weight.fill_(len(runs))
+
+    engine = Engine(step)
+    engine.add_event_handler(Events.STARTED, lambda e: runs.append(1))
+    AtomicCheckpointSaver(tmp_path, {"model": net}, save_key_metric=False, save_final=True).attach(engine)
+    for _ in range(2):
+        engine.run([0, 1], max_epochs=1)
+    assert torch.load(tmp_path / "model_final.pt", weights_only=True)["weight"].unique().tolist() == [2.0]
+
+
+def test_checkpoint_saver_needs_something_to_save(tmp_path: Path) -> None:
+    from monai_unet.handlers import AtomicCheckpointSaver
+
+    with pytest.raises(ValueError, match="nothing to save"):
+        AtomicCheckpointSaver(tmp_path, {"model": torch.nn.Linear(2, 1)}, save_key_metric=False)

@@ -1,4 +1,5 @@
-"""UNet: the paper's figures, the size rules against real forward passes, TorchScript, gradients, init."""
+"""UNet: the paper's figures, the size rules against real forward passes, init (every variant's forward, backward,
+save/load and TorchScript: test_variants.py)."""
 
 from __future__ import annotations
 
@@ -123,27 +124,6 @@ def test_invalid_size_error_names_nearest_sizes() -> None:
     same = UNet(3, features=(4, 8, 16), padding="same")
     with pytest.raises(ValueError, match=r"valid sizes are 4 \+ 4k"):
         same.output_size((32, 32, 30))
-
-
-@pytest.mark.parametrize("kwargs", [{}, {"spatial_dims": 3}, {"padding": "same"}, {"skip_connections": False}])
-def test_torchscript_equals_eager(kwargs: dict) -> None:
-    net = UNet(features=(4, 8, 16), **kwargs).eval()
-    s = net.valid_sizes(200)[1]
-    x = torch.randn((1, 1) + (s,) * net.spatial_dims)
-    scripted = torch.jit.script(net)
-    with torch.no_grad():
-        torch.testing.assert_close(scripted(x), net(x), rtol=0, atol=1e-6)
-    with pytest.raises(Exception, match="nearest valid"):
-        scripted(torch.randn((1, 1) + (s + 1,) * net.spatial_dims))
-
-
-@pytest.mark.parametrize("spatial_dims", [2, 3])
-def test_gradients_reach_every_parameter(spatial_dims: int) -> None:
-    net = UNet(spatial_dims, 1, 2, features=(2, 4, 8), norm="batch")
-    s = net.valid_sizes(200)[0]
-    net(torch.randn((2, 1) + (s,) * spatial_dims)).square().mean().backward()
-    for name, p in net.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
 def test_he_initialisation_spread() -> None:
