@@ -158,7 +158,7 @@ def _slice_header(path: Path) -> object:
 
 
 def assemble_series(
-    files: Sequence[str | os.PathLike], allow_gaps: bool = False, tolerance: float = 0.05
+    files: Sequence[str | os.PathLike], allow_gaps: bool = False, tolerance: float = 0.01
 ) -> AssembledSeries:
     """Order a series' slices by ImagePositionPatient along the slice normal (never by file name) and check them.
 

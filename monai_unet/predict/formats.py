@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -49,6 +51,33 @@ def _check_dims(path: Path, spatial_dims: int) -> None:
             else "this bundle segments 2D images (PNG/TIFF): use a 3D bundle for volumes"
         )
         raise InputError(f"image is {len(shape)}D (shape {tuple(shape)}); {fix}.")
+
+
+@contextlib.contextmanager
+def native_warnings() -> Iterator[None]:
+    """Re-issue what C++ libraries (ITK, GDCM) print straight to the process's stderr as Python warnings.
+
+    ITK's readers warn on the file descriptor, outside Python (``WARNING: In .../itkImageSeriesReader.hxx, line
+    478 / ImageSeriesReader (0x...): Non uniform sampling...``): captured here, each warning becomes one
+    ``warnings.warn`` line, which the batch prints with the name of its input.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            text = tmp.read().decode(errors="replace")
+    for block in re.split(r"\n\s*\n", text):
+        lines = [ln.strip() for ln in block.splitlines() if ln.strip() and not re.match(r"WARNING: In .*line \d+$", ln)]
+        if lines:
+            message = re.sub(r"^\w+ \(0x[0-9a-f]+\): ", "", " ".join(lines))
+            warnings.warn(message, stacklevel=3)
 
 
 def _part_outputs(outs: list[Path], k: int, n: int) -> list[Path]:
@@ -138,7 +167,8 @@ def _predict_one_volume(
         if order != [f.name for f in slices]:  # the reader must see the slices in the checked order
             raise InputError(f"series {item.path.name}: the reader does not order the slices by position; not read.")
     try:
-        img = runner.loader({runner.image_key: source}, reader)[runner.image_key]
+        with native_warnings():
+            img = runner.loader({runner.image_key: source}, reader)[runner.image_key]
     except Exception as e:
         raise InputError(f"cannot read the image: {e}") from e
     runner.check(img, item.key)

@@ -146,3 +146,19 @@ def test_a_dicom_seg_inside_a_series_folder_is_not_a_series(runners, t1, tmp_pat
     assert (series / "t1_seg.dcm").is_file()
     again = run(runners["unet3d_volume"], [series], series, dicom_seg=True)
     assert [(r.key, r.status) for r in again] == [(str(series), "skipped")]
+
+
+def test_itk_warnings_name_their_input(runners, t1, tmp_path):
+    """A slice 0.03 mm off its place (within the 1% tolerance): ITK warns from C++; the warning names the input."""
+    import pydicom
+
+    jitter = copy_series(t1, tmp_path / "jitter")
+    ds = pydicom.dcmread(jitter / "000010.dcm")
+    iop = np.asarray(ds.ImageOrientationPatient, float)
+    ds.ImagePositionPatient = list(np.asarray(ds.ImagePositionPatient, float) + 0.03 * np.cross(iop[:3], iop[3:]))
+    ds.save_as(jitter / "000010.dcm")
+    res = run(runners["unet3d_volume"], [jitter], tmp_path / "out")
+    assert res[0].status == "done", res[0].reason
+    assert any(w.startswith("Non uniform sampling or missing slices detected") for w in res[0].warnings), res[
+        0
+    ].warnings
