@@ -86,17 +86,6 @@ class InputItem:
     error: str | None = None
 
 
-@dataclasses.dataclass
-class Result:
-    """What happened to one input: ``status`` is ``"done"``, ``"skipped"`` or ``"failed"``."""
-
-    key: str
-    status: str
-    outputs: list[Path] = dataclasses.field(default_factory=list)
-    reason: str = ""
-    seconds: float = 0.0
-
-
 INPUT_SUFFIXES = VOLUME_SUFFIXES + IMAGE_SUFFIXES_2D
 _OUTPUT_NAME = re.compile(r"_(seg|probs)\.(nii\.gz|png|tif|ome\.tif|zarr|dcm)$", re.IGNORECASE)
 """The names :func:`output_paths` gives."""

@@ -24,6 +24,13 @@ def run(runner, inputs, out, **kwargs):
     )
 
 
+def predict_command(checkpoints, src: Path, out: Path) -> list[str]:
+    """``monai-unet predict`` of the narrow 2D model on ``src`` into ``out``, as a subprocess command."""
+    args = ["--bundle", "unet2d_membrane", "--checkpoint", str(checkpoints["unet2d_membrane"]), "--device", "cpu"]
+    args += ["--no-progress", "--set", "features=[4,8,16,32,64]", "--input", str(src), "--output", str(out)]
+    return [sys.executable, "-m", "monai_unet.cli", "predict", *args]
+
+
 @pytest.fixture(scope="module")
 def pngs(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("pngs")
@@ -69,25 +76,7 @@ def test_killed_batch_resumes(checkpoints, runners, pngs, tmp_path, sig):
     blocker = src / "img4.png"
     blocker.unlink()
     os.mkfifo(blocker)
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai_unet.cli",
-        "predict",
-        "--bundle",
-        "unet2d_membrane",
-        "--checkpoint",
-        str(checkpoints["unet2d_membrane"]),
-        "--device",
-        "cpu",
-        "--no-progress",
-        "--set",
-        "features=[4,8,16,32,64]",
-        "--input",
-        str(src),
-        "--output",
-        str(out),
-    ]
+    cmd = predict_command(checkpoints, src, out)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
     try:
@@ -177,25 +166,7 @@ def test_a_claimed_input_is_left_to_its_holder_and_a_dead_holder_is_taken_over(r
 
 def test_two_runs_on_one_folder_share_the_work(checkpoints, pngs, tmp_path):
     out = tmp_path / "out"
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai_unet.cli",
-        "predict",
-        "--bundle",
-        "unet2d_membrane",
-        "--checkpoint",
-        str(checkpoints["unet2d_membrane"]),
-        "--device",
-        "cpu",
-        "--no-progress",
-        "--set",
-        "features=[4,8,16,32,64]",
-        "--input",
-        str(pngs),
-        "--output",
-        str(out),
-    ]
+    cmd = predict_command(checkpoints, pngs, out)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True) for _ in "ab"]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
