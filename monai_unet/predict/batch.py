@@ -130,9 +130,10 @@ def prepare_output_dir(output_dir: Path) -> None:
 
 
 def predict_one(
-    runner: BundleRunner, item: InputItem, output_dir: Path, options: PredictOptions, large: bool = False
+    runner: BundleRunner, item: InputItem, outs: list[Path], options: PredictOptions, large: bool = False
 ) -> list[Path]:
-    """Segment one input and write its outputs atomically; returns the outputs.
+    """Segment one input and write its outputs ``outs`` (from :func:`output_paths`) atomically; returns what
+    was written.
 
     ``large``: a 2D TIFF to segment on the larger-than-RAM path (:func:`is_large_tiff`).
 
@@ -143,7 +144,6 @@ def predict_one(
         raise ValueError(item.error)
     if item.path.is_file() and item.path.stat().st_size == 0:
         raise ValueError("empty file (0 bytes).")
-    outs = output_paths(item, output_dir, options, large=large)
     if item.kind in ("volume", "dicom"):
         return predict_volume(runner, item, outs, options)
     if large:
@@ -261,7 +261,7 @@ def predict(
                         results.append(Result(item.key, "skipped", outs))  # finished by it meanwhile
                         continue
                     try:  # each warning names its input
-                        outs = predict_one(runner, item, output_dir, options, large=large)
+                        outs = predict_one(runner, item, outs, options, large=large)
                         result = Result(item.key, "done", outs, seconds=time.perf_counter() - t0)
                     except Exception as e:
                         reason = _first_line(e)
