@@ -16,12 +16,10 @@ tile (:func:`_read_tile`), run the network (:func:`_predict`) and write each out
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import math
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -32,6 +30,7 @@ from monai.utils import convert_to_dst_type
 from torch import nn
 
 from monai_unet.inferers.arrays import Source, check_out, sink_index, to_sink, zero_fill
+from monai_unet.inferers.channels_last import channels_last_weights
 from monai_unet.inferers.tile_choice import TILE_SEARCHES, default_memory_budget, default_tile_size
 from monai_unet.inferers.tiling import (
     UNKNOWN_ALIGN,
@@ -118,45 +117,6 @@ def _network_device_dtype(network: Any) -> tuple[torch.device | None, torch.dtyp
 
 
 # ---- the work ----------------------------------------------------------------------------------------------------
-
-
-# networks whose weights are in channels-last format now: id -> [calls inside, original tensors]
-_CONVERTED: dict[int, list] = {}
-_CONVERTED_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def channels_last_weights(network: Any, enabled: bool = True) -> Iterator[None]:
-    """Convolution weights in channels-last memory format during the call, the original tensors put back after.
-
-    On a CPU, oneDNN convolutions run about 1.3-1.4x faster on channels-last weights and activations (torch
-    2.14, the benchmark networks, ``scripts/profile_tiles.py --channels-last``); the results agree to float
-    rounding. Concurrent calls on one network (threads of a server) share the conversion: the first converts,
-    the last puts the originals back.
-    """
-    if not enabled or not isinstance(network, nn.Module):
-        yield
-        return
-    key = id(network)
-    with _CONVERTED_LOCK:
-        entry = _CONVERTED.get(key)
-        if entry is None:
-            params = [p for p in network.parameters() if p.dim() in (4, 5)]
-            entry = _CONVERTED[key] = [0, [(p, p.data) for p in params]]
-            with torch.inference_mode(False), torch.no_grad():
-                for p in params:
-                    fmt = torch.channels_last if p.dim() == 4 else torch.channels_last_3d
-                    p.data = p.data.contiguous(memory_format=fmt)
-        entry[0] += 1
-    try:
-        yield
-    finally:
-        with _CONVERTED_LOCK:
-            entry[0] -= 1
-            if entry[0] == 0:
-                for p, original in entry[1]:
-                    p.data = original
-                del _CONVERTED[key]
 
 
 def _choose_tile(
