@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from monai_unet.predict.formats import is_large_tiff, predict_2d, predict_volume
+from monai_unet.predict.formats import finished_parts, is_large_tiff, predict_2d, predict_volume
 from monai_unet.predict.inputs import (
     DEFAULT_LARGE_THRESHOLD,
     InputItem,
@@ -252,6 +252,10 @@ def predict(
                 outs = output_paths(item, output_dir, options, large=large)
                 if not overwrite and all(p.exists() for p in outs):
                     results.append(Result(item.key, "skipped", outs))
+                    continue
+                parts = finished_parts(outs) if item.kind == "dicom" and options.allow_gaps else None
+                if not overwrite and parts:
+                    results.append(Result(item.key, "skipped", parts))
                     continue
                 with claim(outs[0]) as holder, warnings.catch_warnings(record=True) as caught:
                     if holder is not None:  # another run (terminal, cluster job) is on it

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import math
 import os
 import re
@@ -31,7 +32,7 @@ import torch
 from monai_unet.predict.inputs import InputItem, PredictOptions
 from monai_unet.predict.runner import BundleRunner, InputError
 
-__all__ = ["is_large_tiff", "predict_2d", "predict_volume", "tiff_pages"]
+__all__ = ["finished_parts", "is_large_tiff", "predict_2d", "predict_volume", "tiff_pages"]
 
 
 def _check_dims(path: Path, spatial_dims: int) -> None:
@@ -51,6 +52,27 @@ def _check_dims(path: Path, spatial_dims: int) -> None:
             else "this bundle segments 2D images (PNG/TIFF): use a 3D bundle for volumes"
         )
         raise InputError(f"image is {len(shape)}D (shape {tuple(shape)}); {fix}.")
+
+
+def finished_parts(outs: list[Path]) -> list[Path] | None:
+    """The outputs of an earlier ``--allow-gaps`` run that split this series into parts, when all are there.
+
+    ``outs`` are the series' unsplit outputs (:func:`output_paths`); a run that found ``n`` evenly spaced runs of
+    slices wrote ``*_part1ofn_*`` ... ``*_partnofn_*`` instead. Returns them when every part's every output
+    exists (the batch then skips the series), else ``None``.
+    """
+    stem = outs[0].name[: -len("_seg.nii.gz")]
+    found = re.compile(re.escape(stem) + r"_part1of(\d+)_seg\.nii\.gz$")
+    counts = [
+        int(m.group(1))
+        for p in outs[0].parent.glob(f"{glob.escape(stem)}_part1of*_seg.nii.gz")
+        if (m := found.match(p.name))
+    ]
+    for n in sorted(set(counts)):
+        parts = [p for k in range(n) for p in _part_outputs(outs, k, n)]
+        if all(p.exists() for p in parts):
+            return parts
+    return None
 
 
 @contextlib.contextmanager

@@ -115,6 +115,8 @@ def test_allow_gaps_keeps_every_slice_on_its_own_position(runners, t1, clean, tm
             assert d.min() < 1e-3
             matched.append(int(d.argmin()))
     assert len(set(matched)) == len(matched) == len(ref) - 1  # one slice position, the missing one, is absent
+    again = run(runners["unet3d_volume"], [miss], tmp_path / "out", allow_gaps=True)
+    assert again[0].status == "skipped" and again[0].outputs == res[0].outputs  # a rerun resumes
 
 
 def test_outputs_are_never_inputs_however_they_are_reached(runners, t1, tmp_path):
