@@ -20,6 +20,7 @@ __all__ = [
     "assemble_series",
     "find_dicom_series",
     "looks_like_dicom",
+    "read_header",
 ]
 
 
@@ -58,7 +59,8 @@ NON_IMAGE_MODALITIES = ("SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "SR", "PR", "KO",
 """Modalities whose objects are not image slices (a DICOM-SEG written beside its series is not an input)."""
 
 
-def _header(path: Path) -> object | None:
+def read_header(path: str | os.PathLike) -> object | None:
+    """The DICOM header of a file (pixel data not read), or ``None`` when pydicom cannot parse it."""
     import pydicom
 
     try:
@@ -87,7 +89,7 @@ def find_dicom_series(folder: str | os.PathLike) -> list[DicomSeries]:
         if not files:
             continue
         grouped.update(files)
-        ds = _header(files[0])
+        ds = read_header(files[0])
         if ds is not None and str(ds.get("Modality", "")).upper() in NON_IMAGE_MODALITIES:
             continue
         found.append((uid, files, str(ds.get("SeriesInstanceUID", "")) if ds is not None else ""))
@@ -97,7 +99,7 @@ def find_dicom_series(folder: str | os.PathLike) -> list[DicomSeries]:
     for f in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
         if f in grouped or not looks_like_dicom(f):
             continue
-        ds = _header(f)
+        ds = read_header(f)
         if ds is not None and str(ds.get("Modality", "")).upper() in NON_IMAGE_MODALITIES:
             continue
         if ds is not None and "SeriesInstanceUID" not in ds:
@@ -120,12 +122,10 @@ class AssembledSeries:
     Attributes:
         parts: the slice files, in order of position along the normal; one list for a regular series, one per
             evenly spaced run of slices when gaps were allowed.
-        step: the spacing between neighbouring slices (mm, the median step), ``None`` for a single slice.
         duplicates: ``(kept, dropped)`` file pairs: the same SOPInstanceUID, or the same position and pixels.
     """
 
     parts: tuple[tuple[Path, ...], ...]
-    step: float | None
     duplicates: tuple[tuple[Path, Path], ...]
 
     @property
@@ -211,7 +211,7 @@ def assemble_series(
     order = sorted(kept, key=lambda k: positions[k])
     z = np.array([positions[k] for k in order])
     if len(order) < 2:
-        return AssembledSeries(((paths[order[0]],),), None, tuple(duplicates))
+        return AssembledSeries(((paths[order[0]],),), tuple(duplicates))
     steps = np.diff(z)
     step = float(np.median(steps))
     bad = [k for k, s in enumerate(steps) if abs(s - step) > tolerance * step]
@@ -228,4 +228,4 @@ def assemble_series(
     for k in [*bad, len(order) - 1]:
         parts.append(tuple(paths[i] for i in order[start : k + 1]))
         start = k + 1
-    return AssembledSeries(tuple(parts), step, tuple(duplicates))
+    return AssembledSeries(tuple(parts), tuple(duplicates))

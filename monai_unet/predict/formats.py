@@ -1,9 +1,10 @@
 """Per-format work of ``monai-unet predict``: read one input, run the bundle, write its outputs atomically.
 
-- 3D (NIfTI, NRRD, MHA/MHD, DICOM series): the bundle's loading step (MONAI's reader; ``ITKReader`` with the
-  series identifier for a DICOM folder holding several series), then the bundle's pipeline, whose ``Invertd``
-  returns the label map to the input's grid; written as NIfTI with the input's affine (RAS), optionally the
-  class probabilities (NIfTI, classes on the fifth axis) and a DICOM-SEG referencing the source series.
+- 3D (NIfTI, NRRD, MHA/MHD, DICOM series): the bundle's loading step (MONAI's reader; for a DICOM series,
+  ``ITKReader`` on a temporary folder of links to exactly the slices :func:`~monai_unet.io.dicom.assemble_series`
+  checked), then the bundle's pipeline, whose ``Invertd`` returns the label map to the input's grid; written as
+  NIfTI with the input's affine (RAS), optionally the class probabilities (NIfTI, classes on the fifth axis) and
+  a DICOM-SEG referencing the source series.
 - 2D PNG: the bundle's loading step; output PNG.
 - 2D TIFF (also multi-page stacks and RGB): read with tifffile into the layout MONAI's ``PILReader`` gives
   (``(C, W, H)``, float32), one page at a time; output a TIFF with one page per input page.
@@ -123,7 +124,7 @@ def _assembled_series(item: InputItem, options: PredictOptions) -> Any:
     """The checked series of a DICOM item (:func:`~monai_unet.io.dicom.assemble_series`); duplicates warned."""
     from monai_unet.io.dicom import DicomGeometryError, assemble_series, find_dicom_series
 
-    series = next((s for s in find_dicom_series(item.path) if s.uid == item.series), None)
+    series = item.dicom or next((s for s in find_dicom_series(item.path) if s.uid == item.series), None)
     if series is None:
         raise InputError(f"the series {item.series} is no longer in {item.path}.")
     try:

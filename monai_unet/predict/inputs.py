@@ -15,7 +15,7 @@ from pathlib import Path
 
 from monai.utils import look_up_option
 
-from monai_unet.io.dicom import find_dicom_series, looks_like_dicom
+from monai_unet.io.dicom import DicomSeries, find_dicom_series, looks_like_dicom, read_header
 from monai_unet.io.formats import IMAGE_SUFFIXES_2D, VOLUME_SUFFIXES, strip_suffix, suffix_of
 
 __all__ = [
@@ -76,6 +76,7 @@ class InputItem:
         rel: output path relative to the output folder, without the ``_seg`` suffix and extension.
         series: the DICOM series identifier (ITK's), when the folder holds several.
         error: why an ``"invalid"`` item cannot be segmented.
+        dicom: the series found at discovery (its files), so that segmenting it does not search the folder again.
     """
 
     key: str
@@ -84,6 +85,7 @@ class InputItem:
     rel: Path
     series: str | None = None
     error: str | None = None
+    dicom: DicomSeries | None = None
 
 
 INPUT_SUFFIXES = VOLUME_SUFFIXES + IMAGE_SUFFIXES_2D
@@ -113,14 +115,9 @@ def _file_item(path: Path, rel: Path) -> InputItem:
     return InputItem(str(path), "invalid", path, _strip(rel), error=f"{path.name} {why}.")
 
 
-def _series_label(series: object) -> tuple[str, str, str]:
+def _series_label(series: DicomSeries) -> tuple[str, str, str]:
     """``(PatientID, StudyDate, "<SeriesNumber>_<SeriesDescription>")`` of a series, file-name safe."""
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(series.files[0], stop_before_pixels=True)
-    except Exception:
-        ds = {}
+    ds = read_header(series.files[0]) or {}
     number, description = str(ds.get("SeriesNumber", "") or ""), str(ds.get("SeriesDescription", "") or "")
     name = "_".join(v for v in (number, description) if v.strip()) or series.uid[-40:]
     return (
@@ -158,7 +155,7 @@ def _dicom_items(folder: Path, files: list[Path], root: Path, naming: str) -> li
     if len(set(rels)) < len(rels):  # two series of one number and description: tell them apart by identifier
         rels = [r.with_name(f"{r.name}_{_safe(s.uid[-12:])}") for r, s in zip(rels, series)]
     keys = [str(folder)] if len(series) == 1 else [f"{folder}#{s.uid}" for s in series]
-    return [InputItem(k, "dicom", folder, r, series=s.uid) for k, r, s in zip(keys, rels, series)]
+    return [InputItem(k, "dicom", folder, r, series=s.uid, dicom=s) for k, r, s in zip(keys, rels, series)]
 
 
 def _common_root(paths: Sequence[Path]) -> Path | None:
