@@ -112,13 +112,12 @@ def crop_check(
     import zarr
     from monai.data import MetaTensor
 
-    from monai_unet.networks.sizes import halo_1d
     from monai_unet.predict.runner import BundleRunner
 
     runner = BundleRunner(
         BUNDLE, checkpoint=checkpoint, device="cpu", overrides={"features": features} if features else None
     )
-    halo = halo_1d(runner.network.n_pool, runner.network.padding)
+    halo = max(runner.network.halo)
     off = max(0, (size // 2 - crop // 2) // TILE * TILE)  # on the pooling grid and on the TIFF's tiles
     with tifffile.TiffFile(image) as tf:
         block = np.asarray(zarr.open(tf.aszarr(), mode="r")[off : off + crop, off : off + crop])

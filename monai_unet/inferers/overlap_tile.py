@@ -86,12 +86,13 @@ def _spatial_dims(rules: SizeRules, tile_size: int | Sequence[int] | None, input
 
 
 def _check_tile(tile: tuple[int, ...], rules: SizeRules) -> None:
-    if rules.depth is None:
+    if rules.axes is None:
         return
     for axis, t in enumerate(tile):
-        if not rules.is_valid(t):
+        if not rules.is_valid(t, axis):
+            r = rules.axes[axis]
             raise ValueError(
-                invalid_size_message(t, axis, rules.depth, rules.padding, name="tile_size")
+                invalid_size_message(t, axis, r.first, r.step, r.padding, name="tile_size")
                 + ". Give one of these, or leave tile_size unset to choose one from the memory budget."
             )
 
@@ -140,7 +141,7 @@ def _choose_tile(
         tile = per_axis(tile_size, len(spatial), "tile_size")
         _check_tile(tile, rules)
         return tile
-    if rules.depth is None:
+    if not rules.known:
         raise ValueError(
             "the network has no monai-unet size rules (not a UNet, or a traced module): give tile_size (a size "
             "the network accepts) and, for an unpadded network, halo (or it is probed once from tile_size)."
@@ -299,7 +300,7 @@ def overlap_tile_inference(
         )  # fmt: skip
         rules, hal = _known_halo(network, rules, tile, chans, sw_device, net_dtype)
         grid = plan_tiles(
-            spatial, tile, hal, rules, overlap=overlap, fit=tile_size is None or rules.depth is not None,
+            spatial, tile, hal, rules, overlap=overlap, fit=tile_size is None or rules.known,
             mode=mode, sigma_scale=sigma_scale, device=device,
         )  # fmt: skip
         tile_format = torch.contiguous_format

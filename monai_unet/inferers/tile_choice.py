@@ -5,8 +5,9 @@ A larger tile pays the halo once for more output pixels, so it costs fewer FLOPs
 activations outgrow the cache, each FLOP gets slower (``scripts/profile_tiles.py`` on 2 cores: 106-122 GFLOP/s up
 to a 828 tile, 65 GFLOP/s at 1212, so 1212 costs 1.6x more time per output pixel than 700-828), while 3D tiles
 run at the same speed at any size. So, like ``torch.backends.cudnn.benchmark``, the default times one forward of
-a ladder of cubic tiles, from small to large, until the time per output pixel gets worse (:func:`speed_cap`),
-and then takes the tile with the fewest FLOPs over the image among those no larger than the fastest
+a ladder of tiles (cubic where the network's axes have the same rules; for an anisotropic network each axis takes
+its largest valid size up to the rung), from small to large, until the time per output pixel gets worse
+(:func:`speed_cap`), and then takes the tile with the fewest FLOPs over the image among those no larger than the fastest
 (:func:`auto_tile_size`). The timings are kept per network architecture, device, dtype, thread count and batch
 for the life of the process, and only tiles up to the one the FLOPs pick are timed; one image's timing costs at
 most the FLOPs of its own inference (small images: FLOPs decide alone; the next image goes on where it stopped).
@@ -31,7 +32,6 @@ from monai_unet.inferers.tiling import (
     estimate_flops,
     plan_axis,
 )
-from monai_unet.networks.sizes import input_size_1d
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
@@ -76,33 +76,57 @@ def default_memory_budget(device: torch.device | str) -> int:
     return int(min(max(total // 4, 2**30), 8 * 2**30))
 
 
+def tile_shape(rules: SizeRules, size: int, dims: int, need: Sequence[int] | None = None) -> tuple[int, ...]:
+    """The tile of nominal ``size``: along each axis the largest valid length no larger than ``size`` (the smallest
+    valid one where none is), and no larger than ``need`` (the tile that covers the image along that axis)."""
+    shape = tuple(rules.snap(size, a) for a in range(dims))
+    if need is not None:
+        shape = tuple(min(t, n) for t, n in zip(shape, need))
+    return shape
+
+
+def _image_need(rules: SizeRules, spatial: Sequence[int]) -> tuple[int, ...]:
+    return tuple(rules.input_size(s, a) for a, s in enumerate(spatial))
+
+
+def _nominal_cap(
+    rules: SizeRules, dims: int, memory_budget: int, sw_batch_size: int = 1, need: Sequence[int] | None = None
+) -> int:
+    """The largest nominal tile size whose :func:`tile_shape` fits ``memory_budget``; ``ValueError`` if even the
+    smallest valid tile does not."""
+    if rules.axes is None:
+        raise ValueError("choosing a tile from a memory budget needs a monai-unet UNet; give tile_size instead.")
+    lo = min(r.first for r in rules.axes[:dims])
+
+    def fits(t: int) -> bool:
+        return estimate_activation_bytes(rules, tile_shape(rules, t, dims, need), sw_batch_size) <= memory_budget
+
+    if not fits(lo):
+        first = tile_shape(rules, lo, dims, need)
+        need_bytes = estimate_activation_bytes(rules, first, sw_batch_size)
+        raise ValueError(
+            f"memory_budget={memory_budget} bytes is too small: the smallest valid tile {first} needs "
+            f"about {need_bytes} bytes for sw_batch_size={sw_batch_size}; raise the budget or lower sw_batch_size."
+        )
+    top = max(need) if need is not None else 1 << 20
+    step = 1
+    while lo + step <= top and fits(lo + step):  # gallop up, then bisect between the last fit and the first miss
+        lo += step
+        step *= 2
+    hi = min(lo + step, top + 1)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
 def choose_tile_size(rules: SizeRules, dims: int, memory_budget: int, sw_batch_size: int = 1) -> tuple[int, ...]:
-    """The largest valid cubic tile whose estimated activation memory for ``sw_batch_size`` tiles fits
-    ``memory_budget`` bytes (see :func:`~monai_unet.inferers.tiling.estimate_activation_bytes`).
+    """The largest valid tile (cubic where the axes allow) whose estimated activation memory for ``sw_batch_size``
+    tiles fits ``memory_budget`` bytes (see :func:`~monai_unet.inferers.tiling.estimate_activation_bytes`).
 
     Raises ``ValueError`` if even the smallest valid tile does not fit.
     """
-    if rules.depth is None:
-        raise ValueError("choosing a tile from a memory budget needs a monai-unet UNet; give tile_size instead.")
-    first = rules.smallest_valid()
-    step = 1 << rules.depth
-
-    def cost(t: int) -> int:
-        return estimate_activation_bytes(rules, (t,) * dims, sw_batch_size)
-
-    need = cost(first)
-    if need > memory_budget:
-        raise ValueError(
-            f"memory_budget={memory_budget} bytes is too small: the smallest valid tile ({first} per axis) needs "
-            f"about {need} bytes for sw_batch_size={sw_batch_size}; raise the budget or lower sw_batch_size."
-        )
-    lo, hi = 0, 1
-    while cost(first + hi * step) <= memory_budget and hi < 1 << 20:
-        lo, hi = hi, hi * 2
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if cost(first + mid * step) <= memory_budget else (lo, mid)
-    return (first + lo * step,) * dims
+    return tile_shape(rules, _nominal_cap(rules, dims, memory_budget, sw_batch_size), dims)
 
 
 def tile_candidates(
@@ -113,20 +137,25 @@ def tile_candidates(
     overlap: float = 0.0,
     max_tile: int | None = None,
 ) -> list[Candidate]:
-    """Every valid tile within ``memory_budget`` (and no larger than ``max_tile``) for an image of size
-    ``spatial``, fitted to the image (see :func:`~monai_unet.inferers.tiling.plan_axis`), smallest first; tiles
-    larger than the image needs are left out (they cost more and give nothing)."""
-    halo = rules.halo[0]
-    cap = choose_tile_size(rules, len(spatial), memory_budget, sw_batch_size)[0]
+    """Every valid tile within ``memory_budget`` (and no larger than ``max_tile``, a nominal size) for an image of
+    size ``spatial``, fitted to the image (see :func:`~monai_unet.inferers.tiling.plan_axis`), smallest first;
+    tiles larger than the image needs are left out (they cost more and give nothing)."""
+    dims = len(spatial)
+    halo = rules.halo
+    need = _image_need(rules, spatial)
+    cap = _nominal_cap(rules, dims, memory_budget, sw_batch_size, need)
     if max_tile is not None:
-        cap = min(cap, max(max_tile, rules.smallest_valid()))
-    need = max(input_size_1d(s, rules.depth, rules.padding) for s in spatial)
+        cap = min(cap, max(max_tile, min(r.first for r in rules.axes)))
+    nominal = sorted({t for a in range(dims) for t in rules.valid_sizes(min(cap, need[a]), a)})
     out: list[Candidate] = []
     seen: set[tuple[int, ...]] = set()
-    for t in rules.valid_sizes(min(cap, need)):
-        if t - 2 * halo < rules.align and max(spatial) > t - 2 * halo:
+    for t in nominal:
+        shape = tile_shape(rules, t, dims, need)
+        if any(
+            shape[a] - 2 * halo[a] < rules.axis_align(a) and spatial[a] > shape[a] - 2 * halo[a] for a in range(dims)
+        ):
             continue
-        plans = [plan_axis(s, t, halo, rules, overlap) for s in spatial]
+        plans = [plan_axis(s, shape[a], halo[a], rules, overlap, axis=a) for a, s in enumerate(spatial)]
         shape = tuple(p.tile for p in plans)
         if shape in seen or estimate_activation_bytes(rules, shape, sw_batch_size) > memory_budget:
             continue
@@ -150,7 +179,7 @@ def auto_tile_size(
     the :func:`speed_cap`) achieves.
     """
     dims = len(spatial)
-    if rules.halo[0] == 0:  # a padded network costs the same per pixel at any tile: take the largest (fewest seams)
+    if max(rules.halo) == 0:  # a padded network costs the same per pixel at any tile: take the largest (fewest seams)
         return choose_tile_size(rules, dims, memory_budget, sw_batch_size)
     best = tile_candidates(rules, spatial, memory_budget, sw_batch_size, overlap, max_tile)
     if not best:
@@ -197,16 +226,29 @@ def time_forward(
         return timer.timeit(number=1).raw_times[0]
 
 
+def _out_pixels(rules: SizeRules, tile: Sequence[int]) -> int:
+    return math.prod(t - 2 * h for t, h in zip(tile, rules.halo))
+
+
 def speed_ladder(rules: SizeRules, dims: int, memory_budget: int, sw_batch_size: int = 1) -> list[int]:
-    """The cubic tiles :func:`speed_cap` times: valid sizes about 20% apart, from the smallest that costs at most
-    1.4x the FLOPs per output pixel of the largest tile within ``memory_budget``, up to that largest tile."""
-    cap = choose_tile_size(rules, dims, memory_budget, sw_batch_size)[0]
-    halo = rules.halo[0]
+    """The nominal tile sizes :func:`speed_cap` times (their shapes by :func:`tile_shape`): valid sizes about 20%
+    apart, from the smallest that costs at most 1.4x the FLOPs per output pixel of the largest tile within
+    ``memory_budget``, up to that largest tile."""
+    cap = _nominal_cap(rules, dims, memory_budget, sw_batch_size)
 
     def per_pixel(t: int) -> float:
-        return estimate_flops(rules, (t,) * dims) / (t - 2 * halo) ** dims
+        shape = tile_shape(rules, t, dims)
+        return estimate_flops(rules, shape) / _out_pixels(rules, shape)
 
-    sizes = [t for t in rules.valid_sizes(cap) if t - 2 * halo >= max(rules.align, 1)]
+    widest = max(range(dims), key=lambda a: (rules.axes[a].step, rules.axes[a].first))
+    sizes = [
+        t
+        for t in rules.valid_sizes(cap, widest)
+        if all(
+            s - 2 * h >= max(rules.axis_align(a), 1)
+            for a, (s, h) in enumerate(zip(tile_shape(rules, t, dims), rules.halo))
+        )
+    ]
     if not sizes:
         return []
     limit = 1.4 * per_pixel(sizes[-1])
@@ -242,16 +284,15 @@ def speed_cap(
     the best tile timed is the cap if the last rung gained less than 5% on the one before, else ``None`` (larger
     tiles are likely faster still, or too little is known).
     """
-    if rules.halo is None or rules.halo[0] == 0 or rules.depth is None:
+    if rules.halo is None or max(rules.halo) == 0 or rules.axes is None:
         return None
     table = _SPEEDS.setdefault(_speed_key(network, device, dtype, sw_batch_size), {})
-    ladder = [(t,) * dims for t in speed_ladder(rules, dims, memory_budget, sw_batch_size)]
+    ladder = [tile_shape(rules, t, dims) for t in speed_ladder(rules, dims, memory_budget, sw_batch_size)]
     if up_to is not None:  # the rungs below, the shapes of earlier images (timed already), and up_to itself
         last = tuple(up_to)
         below = {t for t in ladder + list(table) if math.prod(t) < math.prod(last)}
         ladder = sorted(below | {last}, key=lambda t: (math.prod(t), t))
     allowed = float("inf") if max_flops is None else max_flops
-    halo = rules.halo[0]
     spent = 0.0
     speeds: list[tuple[float, tuple[int, ...]]] = []  # (seconds per output pixel, tile) in ladder order
 
@@ -267,7 +308,7 @@ def speed_cap(
                 return cap(min(speeds)[1])
             spent += need
             seconds = time_forward(network, t, channels, device, dtype, sw_batch_size)
-            table[t] = seconds / (math.prod(s - 2 * halo for s in t) * sw_batch_size)
+            table[t] = seconds / (_out_pixels(rules, t) * sw_batch_size)
         speeds.append((table[t], t))
         if table[t] > 1.15 * min(speeds)[0]:
             return cap(min(speeds)[1])  # past the point where larger tiles stop paying
@@ -294,7 +335,7 @@ def default_tile_size(
     times the FLOPs of the inference it serves (``repeats``: batch x flips); ``"measure"`` times without limit.
     """
     tile_search = check_option("tile_search", tile_search, TILE_SEARCHES)
-    if tile_search == "flops" or rules.halo is None or rules.halo[0] == 0:
+    if tile_search == "flops" or rules.halo is None or max(rules.halo) == 0:
         return auto_tile_size(rules, spatial, memory_budget, sw_batch_size, overlap)
     candidates = tile_candidates(rules, spatial, memory_budget, sw_batch_size, overlap)
     if not candidates:
@@ -308,5 +349,6 @@ def default_tile_size(
     if cap is None:
         return flop_tile
     # a fitted tile no larger than the cap is also what fitting from a nominal tile within the cap gives
-    capped = [c for c in candidates if max(c.tile) <= cap]
+    limit = tile_shape(rules, cap, len(spatial))
+    capped = [c for c in candidates if all(t <= m for t, m in zip(c.tile, limit))]
     return _fewest_flops(capped) if capped else flop_tile

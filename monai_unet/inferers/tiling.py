@@ -19,7 +19,7 @@ import torch
 from monai.utils import ensure_tuple_rep, look_up_option
 from torch import nn
 
-from monai_unet.networks.sizes import halo_1d, output_size_1d, smallest_valid_size_1d, valid_sizes_1d
+from monai_unet.networks.sizes import AxisRule
 
 __all__ = [
     "AxisPlan",
@@ -56,47 +56,78 @@ class SizeRules:
     Attributes:
         spatial_dims: 2 or 3 (``None`` when unknown: taken from the input).
         halo: pixels lost per side along each axis.
-        depth: number of poolings when the network is a monai-unet UNet (plain or TorchScript), else ``None``.
+        axes: the size rules of each axis (:class:`~monai_unet.networks.sizes.AxisRule`: kernels and strides per
+            level) when the network is a monai-unet UNet (plain or TorchScript), else ``None``.
         padding: ``"valid"`` or ``"same"`` when known.
-        align: tile starts are multiples of this, so that every tile sees the pooling grid of the whole image.
-        features, in_channels, out_channels: for the activation-memory estimate (``None`` when unknown).
+        align: tile starts are multiples of this (one value, or one per axis), so that every tile sees the pooling
+            grid of the whole image.
+        features, in_channels, out_channels: for the FLOP and activation-memory estimates (``None`` when unknown).
     """
 
     spatial_dims: int | None
     halo: tuple[int, ...] | None
-    depth: int | None = None
+    axes: tuple[AxisRule, ...] | None = None
     padding: str | None = None
-    align: int = 1
+    align: int | tuple[int, ...] = 1
     features: tuple[int, ...] | None = None
     in_channels: int | None = None
     out_channels: int | None = None
 
-    def is_valid(self, size: int) -> bool:
-        if self.depth is None:
+    @property
+    def known(self) -> bool:
+        """Whether the network's own size rules are known (a monai-unet UNet)."""
+        return self.axes is not None
+
+    def axis_align(self, axis: int) -> int:
+        return self.align if isinstance(self.align, int) else self.align[axis]
+
+    def is_valid(self, size: int, axis: int = 0) -> bool:
+        if self.axes is None:
             return size > 0
-        return output_size_1d(size, self.depth, self.padding) > 0
+        return self.axes[axis].is_valid(size)
 
-    def valid_sizes(self, max_size: int) -> list[int]:
-        """Valid tile lengths up to ``max_size`` (ascending), from the network's size rules."""
-        assert self.depth is not None
-        return valid_sizes_1d(max_size, self.depth, self.padding)
+    def valid_sizes(self, max_size: int, axis: int = 0) -> list[int]:
+        """Valid tile lengths of ``axis`` up to ``max_size`` (ascending), from the network's size rules."""
+        assert self.axes is not None
+        return self.axes[axis].valid(max_size)
 
-    def smallest_valid(self) -> int:
-        assert self.depth is not None
-        return smallest_valid_size_1d(self.depth, self.padding)
+    def smallest_valid(self, axis: int = 0) -> int:
+        assert self.axes is not None
+        return self.axes[axis].first
+
+    def input_size(self, output_size: int, axis: int = 0) -> int:
+        """The smallest valid tile of ``axis`` whose output covers ``output_size`` pixels."""
+        assert self.axes is not None
+        return self.axes[axis].input_for(output_size)
+
+    def snap(self, size: int, axis: int = 0) -> int:
+        """The largest valid length of ``axis`` no larger than ``size`` (the smallest valid one if none is)."""
+        assert self.axes is not None
+        below, _ = self.axes[axis].nearest(size)
+        return below if below > 0 else self.axes[axis].first
+
+
+def _levels(value: object, dims: int) -> tuple[tuple[int, ...], ...] | None:
+    try:
+        return tuple(tuple(int(v) for v in ensure_tuple_rep(level, dims)) for level in value)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        return None
 
 
 def size_rules_of(network: object, halo: int | Sequence[int] | None = None) -> SizeRules:
     """Read a network's size rules: a monai-unet UNet (also TorchScript-scripted, or wrapped by DDP) has
-    ``n_pool``/``padding``/``spatial_dims`` attributes; anything else gets only the given ``halo`` (or none,
-    and the caller probes it).
+    ``n_pool``/``padding``/``spatial_dims`` attributes (and ``kernel_size``/``strides`` per level); anything else
+    gets only the given ``halo`` (or none, and the caller probes it).
     """
     net = unwrap_network(network)
     depth = getattr(net, "n_pool", None)
     padding = getattr(net, "padding", None)
     dims = getattr(net, "spatial_dims", None)
     if isinstance(depth, int) and padding in ("valid", "same") and dims in (2, 3):
-        own = (halo_1d(depth, padding),) * dims
+        kernels = _levels(getattr(net, "kernel_size", None), dims) or ((3,) * dims,) * (depth + 1)
+        strides = _levels(getattr(net, "strides", None), dims) or ((1,) * dims,) + ((2,) * dims,) * depth
+        axes = tuple(AxisRule(tuple(k[a] for k in kernels), tuple(s[a] for s in strides), padding) for a in range(dims))
+        own = tuple(r.halo for r in axes)
         if halo is not None:
             given = per_axis(halo, dims, "halo")
             if given != own:
@@ -108,9 +139,9 @@ def size_rules_of(network: object, halo: int | Sequence[int] | None = None) -> S
         return SizeRules(
             spatial_dims=dims,
             halo=own,
-            depth=depth,
+            axes=axes,
             padding=padding,
-            align=1 << depth,
+            align=tuple(r.step for r in axes),
             features=tuple(int(f) for f in feats) if feats is not None else None,
             in_channels=getattr(net, "in_channels", None),
             out_channels=getattr(net, "out_channels", None),
@@ -190,8 +221,10 @@ def _step(out: int, overlap: float, align: int) -> int:
     return max(align, int(out * (1.0 - overlap)) // align * align)
 
 
-def plan_axis(size: int, tile: int, halo: int, rules: SizeRules, overlap: float = 0.0, fit: bool = True) -> AxisPlan:
-    """Plan the tiles along one axis of ``size`` pixels with input tiles of (at most, if ``fit``) ``tile``.
+def plan_axis(
+    size: int, tile: int, halo: int, rules: SizeRules, overlap: float = 0.0, fit: bool = True, axis: int = 0
+) -> AxisPlan:
+    """Plan the tiles along spatial ``axis`` of ``size`` pixels with input tiles of (at most, if ``fit``) ``tile``.
 
     With ``fit`` the tile is shrunk to the smallest valid length that needs no more tiles, so that little is
     computed beyond the image. Raises ``ValueError`` when the tile is too small to tile the image seamlessly.
@@ -199,7 +232,7 @@ def plan_axis(size: int, tile: int, halo: int, rules: SizeRules, overlap: float 
     out = tile - 2 * halo
     if out <= 0:
         raise ValueError(f"tile size {tile} is not larger than twice the halo ({halo}): it has no output.")
-    align = rules.align
+    align = rules.axis_align(axis)
     if size > out and out < align:
         raise ValueError(
             f"tile size {tile} gives an output of {out} pixels, fewer than the network's pooling step {align}: "
@@ -207,10 +240,12 @@ def plan_axis(size: int, tile: int, halo: int, rules: SizeRules, overlap: float 
         )
     step = _step(out, overlap, align)
     n = len(_starts(size, out, step, align))
-    if fit and rules.depth is not None:
+    if fit and rules.known:
         # the number of tiles does not grow with the tile: bisect for the smallest valid tile needing no more
         cands = [
-            t for t in rules.valid_sizes(tile) if t - 2 * halo > 0 and (size <= t - 2 * halo or t - 2 * halo >= align)
+            t
+            for t in rules.valid_sizes(tile, axis)
+            if t - 2 * halo > 0 and (size <= t - 2 * halo or t - 2 * halo >= align)
         ]
         lo, hi = 0, len(cands) - 1
         while lo < hi:
@@ -338,7 +373,9 @@ def plan_tiles(
     """Plan the tiles of an image of size ``spatial``: along each axis with :func:`plan_axis` (fitted to the image
     when ``fit``), where each tile reads (:func:`axis_spans`), and, when ``overlap > 0``, the blending weights
     (``mode`` ``"constant"`` or ``"gaussian"``) on ``device``."""
-    plans = tuple(plan_axis(s, t, h, rules, overlap, fit=fit) for s, t, h in zip(spatial, tile, halo))
+    plans = tuple(
+        plan_axis(s, t, h, rules, overlap, fit=fit, axis=a) for a, (s, t, h) in enumerate(zip(spatial, tile, halo))
+    )
 
     def profile(out: int) -> torch.Tensor:
         return gaussian_weights_1d(out, sigma_scale) if mode == "gaussian" else torch.ones(out, dtype=torch.float64)
@@ -350,24 +387,41 @@ def plan_tiles(
     return TileGrid(tile=tuple(p.tile for p in plans), plans=plans, spans=spans, weights=weights)
 
 
+def _network_levels(rules: SizeRules, dims: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Per level: the kernel and the stride before it, each per axis."""
+    assert rules.axes is not None and rules.features is not None
+    return [
+        (tuple(r.kernels[level] for r in rules.axes[:dims]), tuple(r.strides[level] for r in rules.axes[:dims]))
+        for level in range(len(rules.features))
+    ]
+
+
 def estimate_flops(rules: SizeRules, tile: Sequence[int]) -> int:
     """Multiply-add FLOPs (2 per MAC) of one forward of a monai-unet UNet on one tile of size ``tile``."""
-    assert rules.features is not None and rules.depth is not None
-    feats, red, dims = rules.features, 2 if rules.padding == "valid" else 0, len(tile)
-    k = 3**dims
+    assert rules.features is not None and rules.axes is not None
+    feats, valid, dims = rules.features, rules.padding == "valid", len(tile)
+    levels = _network_levels(rules, dims)
     sizes, c, total = list(tile), rules.in_channels or 1, 0
-    for f in feats:
-        a = [s - red for s in sizes]
-        b = [s - red for s in a]
-        total += 2 * k * (c * f * math.prod(a) + f * f * math.prod(b))
-        sizes, c = [s // 2 for s in b], f
+    b = sizes
+    for level, f in enumerate(feats):
+        kernel, stride = levels[level]
+        if level > 0:
+            sizes = [s // st for s, st in zip(b, stride)]
+        red = [k - 1 if valid else 0 for k in kernel]
+        a = [s - r for s, r in zip(sizes, red)]
+        b = [s - r for s, r in zip(a, red)]
+        total += 2 * math.prod(kernel) * (c * f * math.prod(a) + f * f * math.prod(b))
+        c = f
     sizes = b
-    for f in reversed(feats[:-1]):
-        up = [2 * s for s in sizes]
-        total += 2 * c * f * math.prod(up)  # 2x2 transposed convolution: one input pixel per output pixel
-        a = [s - red for s in up]
-        b = [s - red for s in a]
-        total += 2 * k * (2 * f * f * math.prod(a) + f * f * math.prod(b))
+    for level in reversed(range(len(feats) - 1)):
+        f = feats[level]
+        kernel, _ = levels[level]
+        up = [s * st for s, st in zip(sizes, levels[level + 1][1])]
+        total += 2 * c * f * math.prod(up)  # transposed convolution, kernel = stride: one input pixel per output pixel
+        red = [k - 1 if valid else 0 for k in kernel]
+        a = [s - r for s, r in zip(up, red)]
+        b = [s - r for s, r in zip(a, red)]
+        total += 2 * math.prod(kernel) * (2 * f * f * math.prod(a) + f * f * math.prod(b))
         sizes, c = b, f
     return total + 2 * c * (rules.out_channels or 1) * math.prod(sizes)
 
@@ -379,7 +433,7 @@ def estimate_activation_bytes(rules: SizeRules, tile: Sequence[int], batch: int,
     output coexist; the peak of (kept skips + input + output) over the layers, plus input and output tiles,
     with a 25% margin for allocator slack and convolution workspace.
     """
-    if rules.features is None or rules.depth is None:
+    if rules.features is None or rules.axes is None:
         raise ValueError(
             "a memory budget needs the network's activation estimate, which is known only for a monai-unet UNet; "
             "give tile_size instead."
@@ -387,31 +441,34 @@ def estimate_activation_bytes(rules: SizeRules, tile: Sequence[int], batch: int,
     feats, valid = rules.features, rules.padding == "valid"
     cin = rules.in_channels or 1
     cout = rules.out_channels or 1
-    red = 2 if valid else 0
+    levels = _network_levels(rules, len(tile))
 
     def vol(c: int, s: Sequence[int]) -> int:
         return c * math.prod(s)
+
+    def convs(sizes: Sequence[int], level: int) -> tuple[list[int], list[int]]:
+        red = [k - 1 if valid else 0 for k in levels[level][0]]
+        a = [s - r for s, r in zip(sizes, red)]
+        return a, [s - r for s, r in zip(a, red)]
 
     # the skips stay alive until the forward returns, so ``kept`` only grows
     sizes = list(tile)
     peak = 0
     kept = 0
     c = cin
-    for f in feats[:-1]:
-        a = [s - red for s in sizes]
-        b = [s - red for s in a]
+    for level, f in enumerate(feats[:-1]):
+        a, b = convs(sizes, level)
         peak = max(peak, kept + vol(c, sizes) + 2 * vol(f, a), kept + 3 * vol(f, b))
         kept += vol(f, b)
-        sizes = [s // 2 for s in b]
+        sizes = [s // st for s, st in zip(b, levels[level + 1][1])]
         c = f
-    a = [s - red for s in sizes]
-    b = [s - red for s in a]
+    a, b = convs(sizes, len(feats) - 1)
     peak = max(peak, kept + vol(c, sizes) + 2 * vol(feats[-1], a), kept + 3 * vol(feats[-1], b))
     sizes, c = b, feats[-1]
-    for f in reversed(feats[:-1]):
-        up = [2 * s for s in sizes]
-        a = [s - red for s in up]
-        b = [s - red for s in a]
+    for level in reversed(range(len(feats) - 1)):
+        f = feats[level]
+        up = [s * st for s, st in zip(sizes, levels[level + 1][1])]
+        a, b = convs(up, level)
         peak = max(peak, kept + vol(c, sizes) + vol(f, up), kept + 3 * vol(f, up) + vol(f, a), kept + 3 * vol(f, b))
         sizes, c = b, f
     peak = max(peak, kept + vol(c, sizes) + vol(cout, sizes))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from monai_unet.networks.sizes import halo_1d, input_size_1d, nearest_valid_sizes_1d, output_size_1d
+from monai_unet.networks.sizes import AxisRule, halo_1d, input_size_1d, nearest_valid_sizes_1d, output_size_1d
 from monai_unet.networks.unet import UNet
 
-__all__ = ["UNet", "halo_1d", "input_size_1d", "nearest_valid_sizes_1d", "output_size_1d"]
+__all__ = ["AxisRule", "UNet", "halo_1d", "input_size_1d", "nearest_valid_sizes_1d", "output_size_1d"]

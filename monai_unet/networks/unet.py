@@ -12,14 +12,7 @@ from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from monai.utils import ensure_tuple_rep
 from torch import nn
 
-from monai_unet.networks.sizes import (
-    halo_1d,
-    input_size_1d,
-    invalid_size_message,
-    nearest_valid_sizes_1d,
-    output_size_1d,
-    valid_sizes_1d,
-)
+from monai_unet.networks.sizes import AxisRule, invalid_size_message
 
 __all__ = ["UNet"]
 
@@ -27,31 +20,41 @@ _PADDINGS = ("valid", "same")
 _UPSAMPLES = ("deconv", "nontrainable")
 
 
-def _size_error(size: int, axis: int, depth: int, padding: str) -> str:
+def _size_error(size: int, axis: int, first: int, step: int, padding: str) -> str:
     return (
-        invalid_size_message(size, axis, depth, padding)
+        invalid_size_message(size, axis, first, step, padding)
         + ". Crop or pad the input to a valid size, or use monai_unet.inferers.OverlapTileInferer for any size."
     )
 
 
 class _DoubleConv(nn.Sequential):
-    """Two 3-wide convolutions, each followed by optional normalisation and the activation."""
+    """Two convolutions of ``kernel_size`` (per axis), each followed by optional normalisation and the activation."""
 
     def __init__(
-        self, spatial_dims: int, in_channels: int, out_channels: int, padding: str, norm: str | tuple | None, act
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        padding: str,
+        norm: str | tuple | None,
+        act,
+        kernel_size: tuple[int, ...] = (3, 3, 3),
     ) -> None:
         super().__init__()
         conv_type = Conv[Conv.CONV, spatial_dims]
-        pad = 1 if padding == "same" else 0
+        kernel = tuple(kernel_size[:spatial_dims])
+        pad = tuple((k - 1) // 2 for k in kernel) if padding == "same" else 0
         for i, c_in in enumerate((in_channels, out_channels)):
-            self.add_module(f"conv{i}", conv_type(c_in, out_channels, kernel_size=3, padding=pad, bias=norm is None))
+            self.add_module(
+                f"conv{i}", conv_type(c_in, out_channels, kernel_size=kernel, padding=pad, bias=norm is None)
+            )
             if norm is not None:
                 self.add_module(f"norm{i}", get_norm_layer(norm, spatial_dims, out_channels))
             self.add_module(f"act{i}", get_act_layer(act))
 
 
 class _UpBlock(nn.Module):
-    """Up-convolution by 2, crop-and-concatenate with the contracting path's features, two convolutions."""
+    """Up-convolution by ``stride``, crop-and-concatenate with the contracting path's features, two convolutions."""
 
     def __init__(
         self,
@@ -63,19 +66,25 @@ class _UpBlock(nn.Module):
         upsample: str,
         norm: str | tuple | None,
         act,
+        kernel_size: tuple[int, ...],
+        stride: tuple[int, ...],
     ) -> None:
         super().__init__()
         self.spatial_dims = spatial_dims
         self.skip = skip
         if upsample == "deconv":
-            self.up: nn.Module = Conv[Conv.CONVTRANS, spatial_dims](in_channels, out_channels, kernel_size=2, stride=2)
+            self.up: nn.Module = Conv[Conv.CONVTRANS, spatial_dims](
+                in_channels, out_channels, kernel_size=stride, stride=stride
+            )
         else:
             mode = "bilinear" if spatial_dims == 2 else "trilinear"
             self.up = nn.Sequential(
-                nn.Upsample(scale_factor=2.0, mode=mode, align_corners=False),
+                nn.Upsample(scale_factor=tuple(float(s) for s in stride), mode=mode, align_corners=False),
                 Conv[Conv.CONV, spatial_dims](in_channels, out_channels, kernel_size=1),
             )
-        self.conv = _DoubleConv(spatial_dims, out_channels * (2 if skip else 1), out_channels, padding, norm, act)
+        self.conv = _DoubleConv(
+            spatial_dims, out_channels * (2 if skip else 1), out_channels, padding, norm, act, kernel_size
+        )
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.up(x)
@@ -95,6 +104,9 @@ class UNet(nn.Module):
     convolution, dropout at the end of the contracting path and He initialisation: 31,030,658 parameters,
     and a 572x572 input gives a 388x388 output.
 
+    For anisotropic data the kernel sizes and the pooling are set per level and per axis, named as MONAI's
+    ``DynUNet`` names them (a planned network: ``monai-unet plan``).
+
     Args:
         spatial_dims: 2 or 3.
         in_channels: input channels.
@@ -105,17 +117,23 @@ class UNet(nn.Module):
             ``"same"`` (a conventional padded U-Net, output size equals input size).
         skip_connections: ``False`` drops the skip connections (the FCN-style ablation).
         dropout: dropout probability at the end of the contracting path (0 disables it).
-        upsample: ``"deconv"`` (2x2 transposed convolution) or ``"nontrainable"`` (linear interpolation by 2
-            followed by a 1x1 convolution); both keep the size rules.
+        upsample: ``"deconv"`` (transposed convolution, kernel = stride) or ``"nontrainable"`` (linear
+            interpolation by the stride followed by a 1x1 convolution); both keep the size rules.
         norm: ``None`` (the paper) or a MONAI norm name/tuple such as ``"batch"``, ``"instance"``,
             ``("group", {"num_groups": 8})``.
         act: MONAI activation name/tuple, ``"relu"`` by default.
+        kernel_size: the kernel of each level's two convolutions, one entry per level (``len(features)``), each an
+            odd int or one per axis; ``None``: 3 everywhere (the paper). A 1-wide kernel along an axis loses
+            nothing along it.
+        strides: the down-sampling factor before each level (max pooling with kernel = stride; the up-sampling
+            mirrors it), one entry per level, each an int or one per axis, ``strides[0] = 1``; ``None``:
+            ``(1, 2, 2, ...)`` (the paper).
 
     Input ``(B, in_channels, *S)`` with every ``S[i]`` a valid size (see :meth:`is_valid_size`); output
     ``(B, out_channels, *output_size(S))``.
     """
 
-    __jit_unused_properties__: ClassVar[list[str]] = ["depth", "halo"]
+    __jit_unused_properties__: ClassVar[list[str]] = ["depth", "halo", "axis_rules"]
 
     def __init__(
         self,
@@ -129,6 +147,8 @@ class UNet(nn.Module):
         upsample: str = "deconv",
         norm: str | tuple | None = None,
         act: str | tuple = "relu",
+        kernel_size: Sequence[int | Sequence[int]] | None = None,
+        strides: Sequence[int | Sequence[int]] | None = None,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -142,28 +162,79 @@ class UNet(nn.Module):
             raise ValueError(f"features needs at least two positive channel counts (one per level), got {features}.")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
+        levels = len(features)
+        kernels = self._per_level(3 if kernel_size is None else kernel_size, levels, spatial_dims, "kernel_size")
+        steps = self._per_level(
+            (1,) + (2,) * (levels - 1) if strides is None else strides, levels, spatial_dims, "strides"
+        )
+        if any(k < 1 or k % 2 == 0 for level in kernels for k in level):
+            raise ValueError(f"kernel_size needs odd sizes >= 1, got {kernels}.")
+        if any(s != 1 for s in steps[0]) or any(s < 1 for level in steps for s in level):
+            raise ValueError(
+                f"strides[0] must be 1 (no down-sampling before the top level) and every stride >= 1, got {steps}."
+            )
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.features = features
         self.padding = padding
         self.skip_connections = skip_connections
-        self.n_pool = len(features) - 1
+        self.n_pool = levels - 1
+        self.kernel_size = kernels
+        self.strides = steps
+        self._axis_rules = tuple(
+            AxisRule(tuple(k[a] for k in kernels), tuple(s[a] for s in steps), padding) for a in range(spatial_dims)
+        )
+        # per-axis smallest valid size and step, for the check inside forward (TorchScript reads plain int lists)
+        self.size_first = [r.first for r in self._axis_rules]
+        self.size_step = [r.step for r in self._axis_rules]
 
+        pool_type = Pool[Pool.MAX, spatial_dims]
         self.encoders = nn.ModuleList()
+        self.pools = nn.ModuleList()
         c_in = in_channels
-        for f in features[:-1]:
-            self.encoders.append(_DoubleConv(spatial_dims, c_in, f, padding, norm, act))
+        for level, f in enumerate(features[:-1]):
+            self.encoders.append(_DoubleConv(spatial_dims, c_in, f, padding, norm, act, kernels[level]))
+            self.pools.append(pool_type(kernel_size=steps[level + 1], stride=steps[level + 1]))
             c_in = f
-        self.pool = Pool[Pool.MAX, spatial_dims](kernel_size=2, stride=2)
-        self.bottom = _DoubleConv(spatial_dims, features[-2], features[-1], padding, norm, act)
+        self.bottom = _DoubleConv(spatial_dims, features[-2], features[-1], padding, norm, act, kernels[-1])
         self.dropout = Dropout[Dropout.DROPOUT, spatial_dims](p=dropout) if dropout > 0 else nn.Identity()
         self.decoders = nn.ModuleList(
-            _UpBlock(spatial_dims, features[i + 1], features[i], padding, skip_connections, upsample, norm, act)
+            _UpBlock(
+                spatial_dims,
+                features[i + 1],
+                features[i],
+                padding,
+                skip_connections,
+                upsample,
+                norm,
+                act,
+                kernels[i],
+                steps[i + 1],
+            )
             for i in reversed(range(self.n_pool))
         )
         self.final = Conv[Conv.CONV, spatial_dims](features[0], out_channels, kernel_size=1)
         self.reset_parameters()
+
+    @staticmethod
+    def _per_level(value, levels: int, dims: int, name: str) -> tuple[tuple[int, ...], ...]:
+        if isinstance(value, int):
+            value = (value,) * levels
+        if len(value) != levels:
+            raise ValueError(
+                f"{name} needs one entry per level ({levels}: len(features)), each an int or {dims} values; "
+                f"got {value}."
+            )
+        out = []
+        for v in value:
+            try:
+                out.append(tuple(int(x) for x in ensure_tuple_rep(v, dims)))
+            except (ValueError, TypeError) as e:
+                raise ValueError(
+                    f"{name} entries need one int or {dims} values (one per spatial axis), got {v}."
+                ) from e
+        return tuple(out)
 
     def reset_parameters(self) -> None:
         """He initialisation: normal with std ``sqrt(2 / N)``, ``N`` the inputs feeding one output unit."""
@@ -179,17 +250,22 @@ class UNet(nn.Module):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    # ---- size rules (all delegate to monai_unet.networks.sizes) -------------------------------------------------
+    # ---- size rules (all delegate to monai_unet.networks.sizes.AxisRule) -----------------------------------------
 
     @property
     def depth(self) -> int:
-        """Number of 2x poolings, ``len(features) - 1``."""
+        """Number of down-sampling steps, ``len(features) - 1``."""
         return self.n_pool
+
+    @property
+    def axis_rules(self) -> tuple[AxisRule, ...]:
+        """The size rules of each spatial axis."""
+        return self._axis_rules
 
     @property
     def halo(self) -> tuple[int, ...]:
         """Pixels lost per side along each spatial axis (92 for the paper's network, 0 for ``"same"``)."""
-        return (halo_1d(self.n_pool, self.padding),) * self.spatial_dims
+        return tuple(r.halo for r in self._axis_rules)
 
     def _per_axis(self, value: int | Sequence[int], name: str) -> tuple[int, ...]:
         try:
@@ -201,31 +277,31 @@ class UNet(nn.Module):
 
     def is_valid_size(self, size: int | Sequence[int]) -> bool:
         """Whether ``size`` (one int for every axis, or one per axis) is a valid input size."""
-        return all(output_size_1d(s, self.n_pool, self.padding) > 0 for s in self._per_axis(size, "size"))
+        return all(r.is_valid(s) for r, s in zip(self._axis_rules, self._per_axis(size, "size")))
 
     def check_input_size(self, size: int | Sequence[int]) -> None:
         """Raise ``ValueError`` naming the nearest valid sizes if ``size`` is not a valid input size."""
-        for axis, s in enumerate(self._per_axis(size, "size")):
-            if output_size_1d(s, self.n_pool, self.padding) <= 0:
-                raise ValueError(_size_error(s, axis, self.n_pool, self.padding))
+        for axis, (r, s) in enumerate(zip(self._axis_rules, self._per_axis(size, "size"))):
+            if not r.is_valid(s):
+                raise ValueError(_size_error(s, axis, r.first, r.step, self.padding))
 
     def output_size(self, input_size: int | Sequence[int]) -> tuple[int, ...]:
         """Spatial output size for a valid ``input_size``; ``ValueError`` with suggestions otherwise."""
         sizes = self._per_axis(input_size, "input_size")
         self.check_input_size(sizes)
-        return tuple(output_size_1d(s, self.n_pool, self.padding) for s in sizes)
+        return tuple(r.output(s) for r, s in zip(self._axis_rules, sizes))
 
     def input_size(self, output_size: int | Sequence[int]) -> tuple[int, ...]:
         """The smallest valid input size whose output is at least ``output_size`` along every axis."""
-        return tuple(input_size_1d(s, self.n_pool, self.padding) for s in self._per_axis(output_size, "output_size"))
+        return tuple(r.input_for(s) for r, s in zip(self._axis_rules, self._per_axis(output_size, "output_size")))
 
     def nearest_valid_sizes(self, size: int | Sequence[int]) -> tuple[tuple[int, int], ...]:
         """Per axis, the nearest valid input sizes ``(below, above)`` (``below`` is -1 when there is none)."""
-        return tuple(nearest_valid_sizes_1d(s, self.n_pool, self.padding) for s in self._per_axis(size, "size"))
+        return tuple(r.nearest(s) for r, s in zip(self._axis_rules, self._per_axis(size, "size")))
 
-    def valid_sizes(self, max_size: int, min_size: int = 1) -> list[int]:
-        """All valid input lengths of one axis in ``[min_size, max_size]`` (the same rule holds on every axis)."""
-        return valid_sizes_1d(max_size, self.n_pool, self.padding, min_size)
+    def valid_sizes(self, max_size: int, min_size: int = 1, axis: int = 0) -> list[int]:
+        """All valid input lengths of spatial ``axis`` in ``[min_size, max_size]``."""
+        return self._axis_rules[axis].valid(max_size, min_size)
 
     # ---- forward ------------------------------------------------------------------------------------------------
 
@@ -243,13 +319,14 @@ class UNet(nn.Module):
             )
         for axis in range(self.spatial_dims):
             s = x.shape[axis + 2]
-            if output_size_1d(s, self.n_pool, self.padding) <= 0:
-                raise ValueError(_size_error(s, axis, self.n_pool, self.padding))
+            first, step = self.size_first[axis], self.size_step[axis]
+            if s < first or (s - first) % step != 0:
+                raise ValueError(_size_error(s, axis, first, step, self.padding))
         skips: list[torch.Tensor] = []
-        for enc in self.encoders:
+        for enc, pool in zip(self.encoders, self.pools):
             x = enc(x)
             skips.append(x)
-            x = self.pool(x)
+            x = pool(x)
         x = self.dropout(self.bottom(x))
         for i, dec in enumerate(self.decoders):
             x = dec(x, skips[len(skips) - 1 - i])

@@ -188,7 +188,7 @@ def _bounded_inferer(runner: BundleRunner, memory_mb: int, progress: bool) -> An
     inferer.progress = progress
     if memory_mb > 0 and hasattr(inferer, "tile_size"):
         rules = size_rules_of(runner.network, getattr(inferer, "halo", None))
-        if rules.depth is not None:
+        if rules.known:
             cap = choose_tile_size(rules, runner.spatial_dims, memory_mb * 2**20, inferer.sw_batch_size)
             tile = inferer.tile_size
             if tile is None:
