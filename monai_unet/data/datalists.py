@@ -21,6 +21,7 @@ from pathlib import Path
 
 from monai.data import partition_dataset
 
+from monai_unet.data.channels import ChannelPatterns, match_study_channels, nnunet_case_channels
 from monai_unet.io.formats import IMAGE_SUFFIXES_2D, TIFF_SUFFIXES, VOLUME_SUFFIXES, strip_suffix, suffix_of
 from monai_unet.io.writers import write_json, write_tiff
 
@@ -36,7 +37,7 @@ __all__ = [
 
 _STACK_IMAGE_WORDS = ("volume", "images", "image")
 _STACK_LABEL_WORDS = ("labels", "label", "masks", "mask")
-Item = dict[str, str]
+Item = dict[str, "str | list[str]"]
 
 
 def _visible(folder: Path) -> list[Path]:
@@ -67,6 +68,15 @@ def _pair_by_name(
 
 
 # ----------------------------------------------------------------------------------------------------------- 2D data
+
+
+def _pair_keys(
+    cases: dict[str, list[Path]], labels: dict[str, Path], image_dir: Path, label_dir: Path
+) -> list[tuple[str, Path]]:
+    """Pair cases (nnU-Net channel files grouped) with the labels of the same name."""
+    firsts = {key: files[0] for key, files in cases.items()}
+    by_path = {files[0]: key for key, files in cases.items()}
+    return [(by_path[i], lb) for i, lb in _pair_by_name(firsts, labels, image_dir, label_dir)]
 
 
 def _tiff_pages(path: Path) -> int:
@@ -248,14 +258,24 @@ def _check_2d_sizes(items: list[Item]) -> None:
 # ----------------------------------------------------------------------------------------------------------- 3D data
 
 
-def _find_series_studies(root: Path, image_series: str, label_series: str, max_depth: int = 3) -> list[Item]:
-    """Study folders (up to ``max_depth`` below ``root``) holding one image and one label series folder."""
+def _find_series_studies(
+    root: Path, image_series: str, label_series: str, max_depth: int = 3, channels: ChannelPatterns | None = None
+) -> list[Item]:
+    """Study folders (up to ``max_depth`` below ``root``) holding one image and one label series folder; with
+    ``channels``, one series folder per named channel (see :func:`~monai_unet.data.channels.match_study_channels`)."""
     items = []
     for current, dirs, _ in os.walk(root):
         depth = len(Path(current).relative_to(root).parts)
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if depth < max_depth else []
-        images = [d for d in dirs if fnmatch.fnmatch(d, image_series)]
         labels = [d for d in dirs if fnmatch.fnmatch(d, label_series)]
+        if channels:
+            if not labels:
+                continue
+            images, label = match_study_channels(current, channels, label_series)
+            items.append({"image": images if len(images) > 1 else images[0], "label": label})
+            dirs[:] = []
+            continue
+        images = [d for d in dirs if fnmatch.fnmatch(d, image_series)]
         if not images and not labels:
             continue
         if len(images) != 1 or len(labels) != 1:
@@ -284,6 +304,7 @@ def volume_datalist(
     section: str = "training",
     image_series: str = "*T1post*",
     label_series: str = "*MaskTumor*",
+    channels: ChannelPatterns | None = None,
 ) -> list[Item]:
     """Datalist of 3D image/label pairs.
 
@@ -302,11 +323,15 @@ def volume_datalist(
         dataset_dir: the dataset folder.
         section: the ``dataset.json`` list to read (``"training"`` or ``"validation"``); other layouts have no
             sections and ignore it.
-        image_series: glob for the image series folder of a DICOM study.
+        image_series: glob for the image series folder of a DICOM study (one channel).
         label_series: glob for the label series folder of a DICOM study.
+        channels: named input channels, ``{name: pattern(s)}`` (the bundle's ``channel_def`` patterns): a DICOM
+            study gives one series folder per channel (by folder name or SeriesDescription), nnU-Net's
+            ``CASE_0000``, ``CASE_0001``, ... files must number as many. ``None``: one channel, ``image_series``.
 
     Returns:
-        ``[{"image": path, "label": path}, ...]`` (files or DICOM series folders), sorted by name.
+        ``[{"image": path, "label": path}, ...]`` (files or DICOM series folders), sorted by name; with more than
+        one channel ``"image"`` is the list of the channels' paths (``LoadImaged`` stacks them as channels).
 
     Raises:
         FileNotFoundError: ``dataset_dir`` is missing or matches no layout.
@@ -328,7 +353,7 @@ def volume_datalist(
                 if not Path(item[key]).exists():
                     raise FileNotFoundError(f"{dataset_json} lists {item[key]}, which does not exist.")
         return items
-    studies = _find_series_studies(root, image_series, label_series)
+    studies = _find_series_studies(root, image_series, label_series, channels=channels)
     if studies:
         return studies
     for image_dir, label_dir in (("imagesTr", "labelsTr"), ("images", "labels")):
@@ -341,9 +366,10 @@ def volume_datalist(
                 f"No volumes in {images_path}: expected NIfTI/NRRD/MHA files ({', '.join(VOLUME_SUFFIXES)}) or DICOM "
                 f"series folders, each with a label of the same name in {labels_path}."
             )
-        images = {k[:-5] if k.endswith("_0000") and k[:-5] in labels else k: v for k, v in images.items()}
+        cases = nnunet_case_channels(images, len(channels) if channels else None, cases=list(labels))
         return [
-            {"image": str(i), "label": str(lb)} for i, lb in _pair_by_name(images, labels, images_path, labels_path)
+            {"image": [str(p) for p in cases[key]] if len(cases[key]) > 1 else str(cases[key][0]), "label": str(lb)}
+            for key, lb in _pair_keys(cases, labels, images_path, labels_path)
         ]
     flat = _volume_entries(root)
     images = {k[: -len("_image")]: v for k, v in flat.items() if k.endswith("_image") and v.is_file()}
