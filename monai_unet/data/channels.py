@@ -18,10 +18,12 @@ from pathlib import Path
 __all__ = [
     "ChannelError",
     "ChannelPatterns",
+    "match_channels",
     "match_study_channels",
     "nnunet_case_channels",
     "parse_channel_options",
     "series_description",
+    "split_channel_name",
 ]
 
 ChannelPatterns = Mapping[str, "str | Sequence[str]"]
@@ -55,6 +57,29 @@ def _matches(name: str, description: str, patterns: Sequence[str]) -> bool:
     )
 
 
+def match_channels(candidates: Sequence[tuple[str, str]], channels: ChannelPatterns, where: str) -> list[int]:
+    """Which candidate is each channel's: ``candidates`` are ``(name, description)`` pairs (a series folder's name
+    and its SeriesDescription); a channel's pattern must match exactly one, by name or by description.
+
+    Raises:
+        ChannelError: a channel matches no candidate, or several; the message names ``where``, the channel and
+            every candidate found.
+    """
+    out = []
+    for channel, value in channels.items():
+        patterns = _patterns(value)
+        hits = [i for i, (name, description) in enumerate(candidates) if _matches(name, description, patterns)]
+        if len(hits) != 1:
+            found = ", ".join(n + (f" ({d})" if d and d != n else "") for n, d in candidates)
+            what = "no series" if not hits else f"{len(hits)} series ({', '.join(candidates[i][0] for i in hits)})"
+            raise ChannelError(
+                f"{where}: {what} for channel {channel!r} (pattern {', '.join(patterns)}); series found: "
+                f"{found or 'none'}. Give a pattern that picks exactly one, e.g. --channel {channel}='*{channel}*'."
+            )
+        out.append(hits[0])
+    return out
+
+
 def match_study_channels(
     study: str | os.PathLike, channels: ChannelPatterns, label: str | Sequence[str] | None = None
 ) -> tuple[list[str], str | None]:
@@ -62,36 +87,33 @@ def match_study_channels(
 
     Args:
         study: the study folder, holding one folder per series.
-        channels: channel name -> pattern(s) matched against the series folder name and its SeriesDescription.
+        channels: channel name -> pattern(s) matched against the series folder name and its SeriesDescription
+            (read only when some pattern matches no folder name).
         label: pattern(s) of the label series, or ``None`` (inference).
 
     Raises:
-        ChannelError: a channel (or the label) matches no series, or several; the message names the channel and
-            lists the series found.
+        ChannelError: a channel (or the label) matches no series, or several; the message names the study and the
+            channel and lists the series found.
     """
     study = Path(study)
     series = [p for p in sorted(study.iterdir()) if p.is_dir() and not p.name.startswith(".")]
-    described = {p: "" for p in series}
+    wanted = dict(channels)
+    if label is not None:
+        wanted["label"] = label
+    candidates = [(p.name, "") for p in series]
+    try:
+        picked = match_channels(candidates, wanted, f"Study {study}")
+    except ChannelError:  # the folder names do not say: ask the headers
+        candidates = [(p.name, series_description(p)) for p in series]
+        picked = match_channels(candidates, wanted, f"Study {study}")
+    paths = [str(series[i]) for i in picked]
+    return (paths[:-1], paths[-1]) if label is not None else (paths, None)
 
-    def find(name: str, patterns: Sequence[str]) -> Path:
-        hits = [p for p in series if _matches(p.name, "", patterns)]
-        if not hits:  # the folder names do not say: ask the headers
-            for p in series:
-                if not described[p]:
-                    described[p] = series_description(p) or " "
-            hits = [p for p in series if _matches(p.name, described[p].strip(), patterns)]
-        if len(hits) != 1:
-            found = ", ".join(p.name + (f" ({described[p].strip()})" if described[p].strip() else "") for p in series)
-            what = "no series" if not hits else f"{len(hits)} series ({', '.join(p.name for p in hits)})"
-            raise ChannelError(
-                f"Study {study}: {what} for channel {name!r} (pattern {', '.join(patterns)}); series found: "
-                f"{found or 'none'}. Give the pattern that picks exactly one, e.g. --channel {name}='*{name}*'."
-            )
-        return hits[0]
 
-    images = [str(find(name, _patterns(p))) for name, p in channels.items()]
-    label_path = str(find("label", _patterns(label))) if label is not None else None
-    return images, label_path
+def split_channel_name(stem: str) -> tuple[str, int | None]:
+    """``("CASE", 1)`` for nnU-Net's ``CASE_0001``; ``(stem, None)`` for a name without a channel index."""
+    m = _NNUNET_CHANNEL.match(stem)
+    return (m["case"], int(m["index"])) if m else (stem, None)
 
 
 def nnunet_case_channels(

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -185,6 +185,7 @@ def predict(
     overrides: dict[str, Any] | None = None,
     stream: TextIO | None = None,
     runner: BundleRunner | None = None,
+    channels: Mapping[str, Any] | None = None,
 ) -> list[Result]:
     """Segment ``inputs`` with ``bundle`` into ``output_dir``; see the module docstring.
 
@@ -204,6 +205,9 @@ def predict(
         stream: where messages and the summary go (default stdout).
         runner: a ready :class:`~monai_unet.predict.runner.BundleRunner` to reuse (then ``bundle``,
             ``checkpoint``, ``device`` and ``overrides`` are not read again).
+        channels: the input channels' patterns, ``{name: pattern(s)}`` (default: the bundle's ``channels``); with
+            more than one, a DICOM study or an nnU-Net case is one input (see
+            :func:`~monai_unet.predict.inputs.group_channels`).
 
     Returns:
         one :class:`Result` per input of this shard, in order.
@@ -226,9 +230,10 @@ def predict(
     output_dir = Path(output_dir).absolute()
     check_output_dir(output_dir)
     index, count = resolve_shard(shard)
-    items = shard_items(discover_inputs(inputs, exclude=output_dir, naming=naming), index, count)
     if runner is None:
         runner = BundleRunner(bundle, checkpoint=checkpoint, device=device, overrides=overrides)
+    patterns = channels if channels is not None else runner.channels
+    items = shard_items(discover_inputs(inputs, exclude=output_dir, naming=naming, channels=patterns), index, count)
     prepare_output_dir(output_dir)
     for p in clean_stale_temporaries(output_dir):
         print(f"removed the temporary {p} of an interrupted run", file=stream)

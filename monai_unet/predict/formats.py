@@ -149,36 +149,91 @@ def predict_volume(runner: BundleRunner, item: InputItem, outs: list[Path], opti
     A DICOM series is assembled by ImagePositionPatient along the slice normal and checked first
     (:func:`~monai_unet.io.dicom.assemble_series`: duplicates left out with a warning, a gap or an unreadable
     slice fails the input); the reader then sees exactly those slices. With ``options.allow_gaps`` each evenly
-    spaced run of slices is segmented on its own grid (``*_part1of2_seg.nii.gz``...).
+    spaced run of slices is segmented on its own grid (``*_part1of2_seg.nii.gz``...). An item with channels (a
+    study or an nnU-Net case for a bundle with several named input channels) is read channel by channel and
+    segmented on the first channel's grid (:func:`_stack_channels`).
     """
     if runner.spatial_dims != 3:
         what = "a DICOM series" if item.kind == "dicom" else "a volume file"
         raise InputError(f"{what}; the bundle {runner.bundle.name} segments 2D images (PNG/TIFF): use a 3D bundle.")
+    if item.channels:
+        return _predict_channels(runner, item, outs, options)
     if item.kind != "dicom":
         _check_dims(item.path, runner.spatial_dims)
-        return _predict_one_volume(runner, item, str(item.path), outs, options, None)
+        img = _load_volume(runner, item, str(item.path), None)
+        runner.check(img, item.key)
+        return _segment_volume(runner, img, outs, options, None)
     parts = _assembled_series(item, options).parts
     written = []
     for k, files in enumerate(parts):
         with _series_folder(files) as folder:
-            written += _predict_one_volume(
-                runner, item, str(folder), _part_outputs(outs, k, len(parts)), options, files
-            )
+            img = _load_volume(runner, item, str(folder), files)
+        runner.check(img, item.key)
+        written += _segment_volume(runner, img, _part_outputs(outs, k, len(parts)), options, files)
     return written
 
 
-def _predict_one_volume(
-    runner: BundleRunner,
-    item: InputItem,
-    source: str,
-    outs: list[Path],
-    options: PredictOptions,
-    slices: Sequence[Path] | None,
-) -> list[Path]:
-    """Read ``source`` (a volume file, or a folder of one checked series' ``slices``), segment it, write ``outs``."""
-    from monai.data import ITKReader
+def _channel_names(runner: BundleRunner, n: int) -> list[str]:
+    names = list(runner.channels or {})
+    return names if len(names) == n else [f"channel {k}" for k in range(n)]
 
-    from monai_unet.io.writers import write_nifti
+
+def _predict_channels(runner: BundleRunner, item: InputItem, outs: list[Path], options: PredictOptions) -> list[Path]:
+    """Read each channel of a study or case (a DICOM series, checked as for one series, or a volume file), put
+    them on the first channel's grid, segment, write ``outs``; a DICOM-SEG references the first channel's series."""
+    names = _channel_names(runner, len(item.channels))
+    images, first_slices = [], None
+    for k, (name, channel) in enumerate(zip(names, item.channels)):
+        if channel.kind == "dicom":
+            parts = _assembled_series(channel, options).parts
+            if len(parts) > 1:
+                raise InputError(
+                    f"channel {name} ({channel.path.name}) has a gap in its slice positions; a study is segmented "
+                    "on one grid, so --allow-gaps cannot split it: give the channels without gaps."
+                )
+            with _series_folder(parts[0]) as folder:
+                img = _load_volume(runner, channel, str(folder), parts[0])
+            if k == 0:
+                first_slices = parts[0]
+        else:
+            _check_dims(channel.path, runner.spatial_dims)
+            img = _load_volume(runner, channel, str(channel.path), None)
+        if img.shape[0] != 1:
+            raise InputError(f"channel {name} ({channel.path.name}) has {img.shape[0]} channels itself; give one.")
+        images.append(img)
+    img = _stack_channels(images, names, [c.path.name for c in item.channels])
+    runner.check(img, item.key)
+    return _segment_volume(runner, img, outs, options, first_slices)
+
+
+def _stack_channels(images: list[Any], names: Sequence[str], sources: Sequence[str]) -> Any:
+    """One ``(C, *S)`` MetaTensor on the first image's grid: an image on another grid (shape or affine) is
+    resampled onto it (trilinear, MONAI's ``ResampleToMatch``) with a warning naming it."""
+    from monai.data import MetaTensor
+    from monai.transforms import ResampleToMatch
+
+    ref = images[0]
+    out = [ref.as_tensor()]
+    for name, source, img in zip(names[1:], sources[1:], images[1:]):
+        same = tuple(img.shape[1:]) == tuple(ref.shape[1:]) and np.allclose(
+            np.asarray(img.affine), np.asarray(ref.affine), atol=1e-3
+        )
+        if not same:
+            spacing = np.linalg.norm(np.asarray(img.affine)[:3, :3], axis=0)
+            warnings.warn(
+                f"channel {name} ({source}) is on another grid (shape {tuple(img.shape[1:])}, spacing "
+                f"{tuple(round(float(v), 4) for v in spacing)} mm) than {names[0]} ({sources[0]}, shape "
+                f"{tuple(ref.shape[1:])}): resampled onto {names[0]}'s grid (trilinear).",
+                stacklevel=2,
+            )
+            img = ResampleToMatch(mode="bilinear", padding_mode="zeros")(img, img_dst=ref)
+        out.append(torch.as_tensor(img.as_tensor() if hasattr(img, "as_tensor") else img, dtype=ref.dtype))
+    return MetaTensor(torch.cat(out, dim=0), meta=dict(ref.meta))  # the meta holds the first channel's affine
+
+
+def _load_volume(runner: BundleRunner, item: InputItem, source: str, slices: Sequence[Path] | None) -> Any:
+    """Read ``source`` (a volume file, or a folder of one checked series' ``slices``) with the bundle's loader."""
+    from monai.data import ITKReader
 
     reader = None
     if slices is not None:
@@ -191,10 +246,17 @@ def _predict_one_volume(
             raise InputError(f"series {item.path.name}: the reader does not order the slices by position; not read.")
     try:
         with native_warnings():
-            img = runner.loader({runner.image_key: source}, reader)[runner.image_key]
+            return runner.loader({runner.image_key: source}, reader)[runner.image_key]
     except Exception as e:
         raise InputError(f"cannot read the image: {e}") from e
-    runner.check(img, item.key)
+
+
+def _segment_volume(
+    runner: BundleRunner, img: Any, outs: list[Path], options: PredictOptions, slices: Sequence[Path] | None
+) -> list[Path]:
+    """Segment a loaded, checked volume ``(C, *S)`` and write ``outs``; ``slices``: the DICOM files of its grid."""
+    from monai_unet.io.writers import write_nifti
+
     affine = np.asarray(img.affine, dtype=np.float64)
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     if not np.all(np.isfinite(affine)) or spacing.min() <= 1e-6 or abs(np.linalg.det(affine[:3, :3])) <= 1e-12:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from monai.utils import look_up_option
 
+from monai_unet.data.channels import ChannelError, match_channels, split_channel_name
 from monai_unet.io.dicom import DicomSeries, find_dicom_series, looks_like_dicom, read_header
 from monai_unet.io.formats import IMAGE_SUFFIXES_2D, VOLUME_SUFFIXES, strip_suffix, suffix_of
 
@@ -77,6 +78,8 @@ class InputItem:
         series: the DICOM series identifier (ITK's), when the folder holds several.
         error: why an ``"invalid"`` item cannot be segmented.
         dicom: the series found at discovery (its files), so that segmenting it does not search the folder again.
+        channels: for a bundle with several named input channels, one item per channel (a DICOM series or a
+            volume file), in the bundle's channel order; the item itself is then the study or case.
     """
 
     key: str
@@ -86,6 +89,7 @@ class InputItem:
     series: str | None = None
     error: str | None = None
     dicom: DicomSeries | None = None
+    channels: tuple[InputItem, ...] = ()
 
 
 INPUT_SUFFIXES = VOLUME_SUFFIXES + IMAGE_SUFFIXES_2D
@@ -164,8 +168,78 @@ def _common_root(paths: Sequence[Path]) -> Path | None:
     return Path(os.path.commonpath(folders)) if folders else None
 
 
+def _series_name(item: InputItem) -> tuple[str, str]:
+    """``(name, SeriesDescription)`` of a DICOM item, what channel patterns are matched against."""
+    ds = read_header(item.dicom.files[0]) if item.dicom is not None and item.dicom.files else None
+    description = str(ds.get("SeriesDescription", "") or "") if ds is not None else ""
+    return (item.path.name if item.series is None or item.key == str(item.path) else item.rel.name), description
+
+
+def group_channels(items: list[InputItem], channels: Mapping[str, object], naming: str = "path") -> list[InputItem]:
+    """Group per-channel inputs into one item per study or case, for a bundle with several named channels.
+
+    - DICOM series: the series of one study folder (one folder per series below it, or several series in one
+      folder) are matched to the channels by folder name or SeriesDescription
+      (:func:`~monai_unet.data.channels.match_channels`); series no channel asks for are not inputs. A study
+      that lacks a channel becomes an ``"invalid"`` item naming the channel and the series found.
+    - nnU-Net channel files ``CASE_0000.nii.gz``, ``CASE_0001.nii.gz``, ... in one folder: one case each.
+    - Any other volume file stays one item (a 4D NIfTI holds its channels; the bundle checks their number).
+    """
+    studies: dict[Path, list[InputItem]] = {}
+    volumes: dict[Path, list[InputItem]] = {}
+    out: list[InputItem] = []
+    for item in items:
+        if item.kind == "dicom":
+            study = item.path if item.key != str(item.path) else item.path.parent
+            studies.setdefault(study, []).append(item)
+        elif item.kind == "volume":
+            volumes.setdefault(item.path.parent, []).append(item)
+        else:
+            out.append(item)
+    for study, members in studies.items():
+        rel = members[0].rel.parent  # the series' outputs would go into the study's folder: the study's name
+        if rel == Path("."):
+            rel = Path(study.name)
+        try:
+            picked = match_channels([_series_name(m) for m in members], channels, f"Study {study}")
+        except ChannelError as e:
+            out.append(InputItem(str(study), "invalid", study, rel, error=str(e)))
+            continue
+        chosen = tuple(members[i] for i in picked)
+        out.append(InputItem(str(study), "dicom", study, rel, dicom=chosen[0].dicom, channels=chosen))
+    for folder, members in volumes.items():
+        cases: dict[str, list[tuple[int | None, InputItem]]] = {}
+        for m in members:
+            case, index = split_channel_name(strip_suffix(m.path.name, VOLUME_SUFFIXES))
+            cases.setdefault(case if index is not None else str(m.path), []).append((index, m))
+        for case, files in sorted(cases.items()):
+            if len(files) == 1 and (files[0][0] is None or len(channels) == 1):
+                out.append(files[0][1])  # one file: a 4D volume holds its channels (the bundle counts them)
+                continue
+            files.sort(key=lambda f: f[0])
+            first = files[0][1]
+            indices = [f[0] for f in files]
+            if indices != list(range(len(channels))):
+                error = (
+                    f"case {case} has the channel files {', '.join(f[1].path.name for f in files)}; the bundle takes "
+                    f"{len(channels)} ({', '.join(channels)}) as {case}_0000 ... {case}_{len(channels) - 1:04d}."
+                )
+                out.append(
+                    InputItem(str(folder / case), "invalid", folder / case, first.rel.with_name(case), error=error)
+                )
+                continue
+            channel_items = tuple(f[1] for f in files)
+            out.append(
+                InputItem(str(folder / case), "volume", first.path, first.rel.with_name(case), channels=channel_items)
+            )
+    return sorted(out, key=lambda i: i.key)
+
+
 def discover_inputs(
-    paths: Sequence[str | os.PathLike], exclude: str | os.PathLike | None = None, naming: str = "path"
+    paths: Sequence[str | os.PathLike],
+    exclude: str | os.PathLike | None = None,
+    naming: str = "path",
+    channels: Mapping[str, object] | None = None,
 ) -> list[InputItem]:
     """Expand files and folders into the inputs to segment, sorted by key and without duplicates.
 
@@ -181,7 +255,8 @@ def discover_inputs(
     reached (the output folder inside an input folder, equal to it, or reached through a symlink): files in
     ``exclude`` (the output folder, resolved) named as outputs are left out, and a subfolder that is ``exclude``
     is not searched. DICOM-SEG and other non-image objects are not series (see
-    :func:`~monai_unet.io.dicom.find_dicom_series`).
+    :func:`~monai_unet.io.dicom.find_dicom_series`). With ``channels`` (a bundle's named input channels, more
+    than one) the series of a study and nnU-Net's channel files of a case are one input (:func:`group_channels`).
     """
     look_up_option(naming, NAMINGS)
     items: dict[str, InputItem] = {}
@@ -235,6 +310,8 @@ def discover_inputs(
                 str(path), "invalid", path, Path(path.name), error=f"folder {path} holds no image or DICOM series."
             )
     ordered = [items[k] for k in sorted(items)]
+    if channels and len(channels) > 1:
+        ordered = group_channels(ordered, channels, naming)
     groups: dict[Path, list[InputItem]] = {}
     for item in ordered:
         groups.setdefault(item.rel, []).append(item)

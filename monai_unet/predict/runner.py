@@ -115,6 +115,10 @@ class BundleRunner:
         self._prob_index = first_act
         self.spatial_dims = int(getattr(self.network, "spatial_dims", 0) or _tile_dims(self.inferer) or 3)
         self.in_channels = int(getattr(self.network, "in_channels", 1))
+        # the named input channels and their patterns (a study's series, nnU-Net's channel files), if declared
+        self.channels: dict[str, Any] | None = (
+            dict(workflow.parser.get_parsed_content("channels")) if "channels" in workflow.parser else None
+        )
         self.out_channels = int(getattr(self.network, "out_channels", 2))
 
     def _load_weights(self) -> None:

@@ -75,7 +75,7 @@ def test_axis_rule_matches_a_brute_force_search() -> None:
     for _ in range(200):
         levels = rng.randint(1, 5)
         kernels = tuple(rng.choice((1, 3, 5, 7)) for _ in range(levels))
-        strides = (1,) + tuple(rng.choice((1, 2, 3, 4)) for _ in range(levels - 1))
+        strides = (1, *(rng.choice((1, 2, 3, 4)) for _ in range(levels - 1)))
         rule = AxisRule(kernels, strides, rng.choice(("valid", "same")))
         limit = rule.first + 4 * rule.step
         brute = [s for s in range(1, limit + 1) if rule.output(s) > 0]
