@@ -212,6 +212,11 @@ def predict_large_tiff(runner: BundleRunner, item: InputItem, out: Path, options
     from monai_unet.io.large_image import open_tiff_lazily
     from monai_unet.io.writers import write_ome_tiff_from_array
 
+    if len(runner.networks) > 1 or getattr(runner.inferer, "tta", False):
+        raise InputError(
+            "the larger-than-RAM path runs one network without flips; segment this image with one checkpoint and "
+            "no --tta, or in memory (raise --large-threshold)."
+        )
     if runner.spatial_dims != 2:
         raise InputError(f"a 2D TIFF cannot be segmented by the {runner.spatial_dims}D bundle {runner.bundle.name}.")
     try:

@@ -10,8 +10,9 @@ dropped because the batch command writes its outputs itself, atomically. Everyth
 
 from __future__ import annotations
 
+import copy
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,9 @@ class BundleRunner:
     Args:
         bundle: bundle folder or name (``unet2d_membrane``, ``unet3d_volume``).
         checkpoint: weights file (a ``state_dict``, or a dict holding one under ``model``/``network``/
-            ``state_dict``); default the bundle's ``ckpt_path``.
+            ``state_dict``); default the bundle's ``ckpt_path``. Several files: an ensemble, whose members'
+            probabilities (the bundle's activation of each one's output) are averaged.
+        tta: flip test-time augmentation (the inferer averages the probabilities over all flips).
         device: torch device string (default: the bundle's ``device``).
         overrides: config ids and values set before parsing (e.g. ``{"infer_tile_size": [572, 572]}``).
         config: the inference config's name inside ``configs/``.
@@ -76,10 +79,11 @@ class BundleRunner:
     def __init__(
         self,
         bundle: str | os.PathLike,
-        checkpoint: str | os.PathLike | None = None,
+        checkpoint: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
         device: str | None = None,
         overrides: Mapping[str, Any] | None = None,
         config: str = "inference",
+        tta: bool = False,
     ) -> None:
         from monai.transforms import Activationsd, Compose, Invertd, LoadImaged, SaveImaged
 
@@ -94,11 +98,25 @@ class BundleRunner:
         self.device = torch.device(workflow.device)
         self.network = workflow.network_def.to(self.device).eval()
         self.inferer = workflow.inferer
+        if tta:
+            if not hasattr(self.inferer, "tta"):
+                raise ValueError(f"tta needs the bundle's inferer to be an OverlapTileInferer, not {self.inferer}.")
+            self.inferer = copy.copy(self.inferer)
+            self.inferer.tta = True
         pre = _flatten(workflow.preprocessing)
         post = _flatten(workflow.postprocessing)
         default = workflow.parser.get_parsed_content("ckpt_path")
-        self.checkpoint = Path(checkpoint if checkpoint is not None else default)
-        self._load_weights()
+        if checkpoint is None or isinstance(checkpoint, (str, os.PathLike)):
+            paths = [Path(checkpoint if checkpoint is not None else default)]
+        else:
+            paths = [Path(c) for c in checkpoint]
+        if not paths:
+            raise ValueError("checkpoint: give at least one weights file.")
+        self.checkpoints = paths
+        self.checkpoint = paths[0]
+        self.networks = [self.network] + [copy.deepcopy(self.network) for _ in paths[1:]]
+        for net, path in zip(self.networks, paths):
+            self._load_weights(net, path)
 
         if not pre or not isinstance(pre[0], LoadImaged):
             raise ValueError(f"{self.bundle}: the preprocessing must start with LoadImaged, got {pre[:1]}.")
@@ -121,15 +139,15 @@ class BundleRunner:
         )
         self.out_channels = int(getattr(self.network, "out_channels", 2))
 
-    def _load_weights(self) -> None:
+    def _load_weights(self, network: torch.nn.Module, path: Path) -> None:
         from monai_unet.bundles import load_weights
 
-        if not self.checkpoint.is_file():
+        if not path.is_file():
             raise FileNotFoundError(
-                f"checkpoint {self.checkpoint} not found: train the bundle first (monai-unet train --bundle "
+                f"checkpoint {path} not found: train the bundle first (monai-unet train --bundle "
                 f"{self.bundle.name} --work-dir DIR) and pass --checkpoint DIR/models/model.pt."
             )
-        load_weights(self.network, self.checkpoint, self.device, what=f"the network of {self.bundle.name}")
+        load_weights(network, path, self.device, what=f"the network of {self.bundle.name}")
 
     # ---- one image ------------------------------------------------------------------------------------------
 
@@ -184,12 +202,29 @@ class BundleRunner:
         from monai.transforms import Invertd
 
         data = self.preprocess({self.image_key: img})
-        x = data[self.image_key]
-        pred = self.inferer(x[None].to(self.device), self.network)
-        data[self.pred_key] = pred[0].cpu() if isinstance(pred, torch.Tensor) else pred
+        x = data[self.image_key][None].to(self.device)
+        activated = len(self.networks) > 1 or bool(getattr(self.inferer, "tta", False))
+        if activated and self._prob_index is None:
+            raise ValueError(
+                f"an ensemble or tta averages probabilities, but the bundle {self.bundle.name}'s postprocessing has no "
+                "Activationsd to make them."
+            )
+        if not activated:
+            pred = self.inferer(x, self.network)
+            data[self.pred_key] = pred[0].cpu() if isinstance(pred, torch.Tensor) else pred
+        else:  # the average of the members' probabilities; the inferer's flips are activated already
+            act = self.post_transforms[self._prob_index]
+            total = None
+            for net in self.networks:
+                out = self.inferer(x, net)[0].cpu()
+                if not getattr(self.inferer, "tta", False):
+                    out = act({self.pred_key: out})[self.pred_key]
+                total = out if total is None else total + out
+            data[self.pred_key] = total / len(self.networks)
         prob = None
         for i, t in enumerate(self.post_transforms):
-            data = t(data)
+            if not (activated and i == self._prob_index):
+                data = t(data)
             if probabilities and i == self._prob_index:
                 prob = data[self.pred_key].clone()
         if prob is not None and self.has_invert:
