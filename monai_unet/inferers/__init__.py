@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from monai_unet.inferers.overlap_tile import OverlapTileInferer, channels_last_weights, overlap_tile_inference
+from monai_unet.inferers.precision import PRECISIONS, resolve_precision
 from monai_unet.inferers.tile_choice import (
     DEFAULT_MEMORY_BUDGET,
     auto_tile_size,
@@ -14,6 +15,7 @@ from monai_unet.inferers.tile_choice import (
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
+    "PRECISIONS",
     "OverlapTileInferer",
     "auto_tile_size",
     "channels_last_weights",
@@ -22,4 +24,5 @@ __all__ = [
     "default_memory_budget",
     "default_tile_size",
     "overlap_tile_inference",
+    "resolve_precision",
 ]

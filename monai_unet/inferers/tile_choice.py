@@ -202,6 +202,8 @@ def _speed_key(network: Any, device: torch.device, dtype: torch.dtype, batch: in
     if isinstance(network, torch.nn.Module):  # shapes and memory formats of the weights
         arch += tuple((tuple(p.shape), p.is_contiguous()) for p in network.parameters())
     threads = torch.get_num_threads() if device.type == "cpu" else 0
+    if torch.is_autocast_enabled(device.type):  # mixed precision runs at another speed
+        dtype = torch.get_autocast_dtype(device.type)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     return (arch, name, str(dtype), threads, batch)
 

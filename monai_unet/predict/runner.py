@@ -67,6 +67,8 @@ class BundleRunner:
             ``state_dict``); default the bundle's ``ckpt_path``. Several files: an ensemble, whose members'
             probabilities (the bundle's activation of each one's output) are averaged.
         tta: flip test-time augmentation (the inferer averages the probabilities over all flips).
+        precision: what the network computes in (``"fp32"``, ``"bf16"``, ``"fp16"``, ``"auto"``; see
+            :class:`~monai_unet.inferers.OverlapTileInferer`); default the bundle's inferer's.
         device: torch device string (default: the bundle's ``device``).
         overrides: config ids and values set before parsing (e.g. ``{"infer_tile_size": [572, 572]}``).
         config: the inference config's name inside ``configs/``.
@@ -84,6 +86,7 @@ class BundleRunner:
         overrides: Mapping[str, Any] | None = None,
         config: str = "inference",
         tta: bool = False,
+        precision: str | None = None,
     ) -> None:
         from monai.transforms import Activationsd, Compose, Invertd, LoadImaged, SaveImaged
 
@@ -98,11 +101,17 @@ class BundleRunner:
         self.device = torch.device(workflow.device)
         self.network = workflow.network_def.to(self.device).eval()
         self.inferer = workflow.inferer
-        if tta:
-            if not hasattr(self.inferer, "tta"):
-                raise ValueError(f"tta needs the bundle's inferer to be an OverlapTileInferer, not {self.inferer}.")
-            self.inferer = copy.copy(self.inferer)
-            self.inferer.tta = True
+        for name, value in (("tta", True if tta else None), ("precision", precision)):
+            if value is None:
+                continue
+            if not hasattr(self.inferer, name):
+                raise ValueError(f"{name} needs the bundle's inferer to be an OverlapTileInferer, not {self.inferer}.")
+            if name == "precision":
+                from monai_unet.inferers import resolve_precision
+
+                resolve_precision(value, self.device)
+            self.inferer = copy.copy(self.inferer)  # the bundle's own inferer is left as it was
+            setattr(self.inferer, name, value)
         pre = _flatten(workflow.preprocessing)
         post = _flatten(workflow.postprocessing)
         default = workflow.parser.get_parsed_content("ckpt_path")
