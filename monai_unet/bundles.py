@@ -43,8 +43,11 @@ def find_bundle(name_or_path: str | os.PathLike) -> Path:
 
 
 def bundle_config(bundle: Path, name: str) -> Path:
-    """``bundle/configs/<name>`` (``.json`` added when missing), or ``FileNotFoundError`` naming what exists."""
+    """``bundle/configs/<name>`` (``.json`` added when missing), else ``name`` as a path of its own (a config overlay
+    such as a plan, ``PLAN.json``), or ``FileNotFoundError`` naming what exists."""
     path = bundle / "configs" / (name if name.endswith((".json", ".yaml", ".conf")) else f"{name}.json")
+    if not path.is_file() and name.endswith((".json", ".yaml")) and Path(name).expanduser().is_file():
+        return Path(name).expanduser().resolve()
     if not path.is_file():
         have = sorted(p.name for p in (bundle / "configs").glob("*"))
         raise FileNotFoundError(f"{path} does not exist; {bundle} has configs: {', '.join(have)}.")
@@ -87,8 +90,12 @@ def inference_workflow(
     bundle: str | os.PathLike,
     config: str = "inference",
     overrides: Mapping[str, Any] | None = None,
+    overlays: Sequence[str | os.PathLike] = (),
 ) -> Any:
     """The bundle's inference config as an initialized ``monai.bundle.ConfigWorkflow(workflow_type="infer")``.
+
+    ``overlays``: config files merged over it in order (a bundle config name, or a path such as a plan from
+    ``monai-unet plan``), as training merges them, so the network and preprocessing are the trained ones.
 
     Its properties (``network_def``, ``inferer``, ``preprocessing``, ``postprocessing``, ``device``...) are what
     ``python -m monai.bundle run`` would build; ``initialize`` has run. ``overrides`` are config ids and values
@@ -104,8 +111,9 @@ def inference_workflow(
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # "Logging file is set to False, skipping logging."
     try:
+        files = [str(bundle_config(path, c)) for c in (config, *(str(o) for o in overlays))]
         workflow = ConfigWorkflow(
-            config_file=str(bundle_config(path, config)),
+            config_file=files if len(files) > 1 else files[0],
             meta_file=str(bundle_config(path, "metadata")),
             logging_file=False,
             workflow_type="infer",

@@ -90,13 +90,35 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from monai_unet.data.channels import parse_channel_options
     from monai_unet.predict import predict
 
     try:
+        channels = None
+        if args.channel:
+            from monai_unet.predict.runner import BundleRunner
+
+            runner = BundleRunner(
+                args.bundle,
+                checkpoint=args.checkpoint,
+                device=args.device,
+                overrides=parse_overrides(args.set),
+                tta=args.tta,
+                precision=args.precision,
+                overlays=args.config,
+            )
+            channels = parse_channel_options(args.channel, runner.channels)
+        else:
+            runner = None
         results = predict(
             args.bundle,
             args.input,
             args.output,
+            runner=runner,
+            channels=channels,
+            configs=args.config,
+            tta=args.tta,
+            precision=args.precision,
             checkpoint=args.checkpoint,
             device=args.device,
             overwrite=args.overwrite,
@@ -199,7 +221,35 @@ def build_parser() -> argparse.ArgumentParser:
         "143 terminated (SIGTERM). Finished outputs are kept: run the same command to resume.",
     )
     p.add_argument("--bundle", required=True, help="bundle folder, or unet2d_membrane / unet3d_volume")
-    p.add_argument("--checkpoint", default=None, help="model weights (default: the bundle's ckpt_path)")
+    p.add_argument(
+        "--checkpoint",
+        nargs="+",
+        default=None,
+        help="model weights (default: the bundle's ckpt_path); several: an ensemble, their probabilities averaged",
+    )
+    p.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        help="config overlay merged over the bundle's inference.json, as in training (a plan from monai-unet plan, "
+        "configs/brain_tumor_progression.json); repeatable",
+    )
+    p.add_argument(
+        "--channel",
+        action="append",
+        default=[],
+        metavar="NAME=PATTERN",
+        help="which series (folder name or SeriesDescription, shell pattern; several joined by |) is the bundle's "
+        "input channel NAME, e.g. --channel FLAIR='*FLAIR*|*T2 FLAIR*'",
+    )
+    p.add_argument("--tta", action="store_true", help="flip test-time augmentation (all flips, probabilities averaged)")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16", "auto"),
+        default=None,
+        help="what the network computes in (default: the bundle's inference.json precision, fp32); auto = bf16 on "
+        "CPUs with AVX512-BF16/AMX and on CUDA, else fp32",
+    )
     p.add_argument("--input", nargs="+", required=True, help="files and folders (DICOM series folders included)")
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: the bundle's)")

@@ -170,7 +170,7 @@ def predict(
     bundle: str | os.PathLike,
     inputs: Sequence[str | os.PathLike],
     output_dir: str | os.PathLike,
-    checkpoint: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     device: str | None = None,
     overwrite: bool = False,
     allow_gaps: bool = False,
@@ -186,6 +186,9 @@ def predict(
     stream: TextIO | None = None,
     runner: BundleRunner | None = None,
     channels: Mapping[str, Any] | None = None,
+    configs: Sequence[str | os.PathLike] = (),
+    tta: bool = False,
+    precision: str | None = None,
 ) -> list[Result]:
     """Segment ``inputs`` with ``bundle`` into ``output_dir``; see the module docstring.
 
@@ -193,7 +196,7 @@ def predict(
         bundle: bundle folder or name.
         inputs: files and folders.
         output_dir: where outputs go (relative paths of folder inputs are kept).
-        checkpoint: weights (default: the bundle's ``ckpt_path``).
+        checkpoint: weights (default: the bundle's ``ckpt_path``); several: an ensemble (probabilities averaged).
         device: torch device, e.g. ``"cpu"``, ``"cuda:0"``.
         overwrite, allow_gaps, probabilities, dicom_seg, large_threshold, large_format, large_memory_mb,
             progress: the fields of :class:`~monai_unet.predict.inputs.PredictOptions`.
@@ -205,6 +208,9 @@ def predict(
         stream: where messages and the summary go (default stdout).
         runner: a ready :class:`~monai_unet.predict.runner.BundleRunner` to reuse (then ``bundle``,
             ``checkpoint``, ``device`` and ``overrides`` are not read again).
+        configs: config overlays merged over the bundle's inference.json (a plan, ``isbi2012.json``...).
+        tta, precision: flip test-time augmentation and the network's number format (see
+            :class:`~monai_unet.predict.runner.BundleRunner`).
         channels: the input channels' patterns, ``{name: pattern(s)}`` (default: the bundle's ``channels``); with
             more than one, a DICOM study or an nnU-Net case is one input (see
             :func:`~monai_unet.predict.inputs.group_channels`).
@@ -231,7 +237,15 @@ def predict(
     check_output_dir(output_dir)
     index, count = resolve_shard(shard)
     if runner is None:
-        runner = BundleRunner(bundle, checkpoint=checkpoint, device=device, overrides=overrides)
+        runner = BundleRunner(
+            bundle,
+            checkpoint=checkpoint,
+            device=device,
+            overrides=overrides,
+            tta=tta,
+            precision=precision,
+            overlays=configs,
+        )
     patterns = channels if channels is not None else runner.channels
     items = shard_items(discover_inputs(inputs, exclude=output_dir, naming=naming, channels=patterns), index, count)
     prepare_output_dir(output_dir)

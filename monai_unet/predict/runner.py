@@ -72,6 +72,8 @@ class BundleRunner:
         device: torch device string (default: the bundle's ``device``).
         overrides: config ids and values set before parsing (e.g. ``{"infer_tile_size": [572, 572]}``).
         config: the inference config's name inside ``configs/``.
+        overlays: config files merged over it (as in training: ``configs/brain_tumor_progression.json``, a plan
+            from ``monai-unet plan``), so the network and preprocessing are the ones the model was trained with.
 
     Raises:
         FileNotFoundError: no such bundle, config or checkpoint.
@@ -87,6 +89,7 @@ class BundleRunner:
         config: str = "inference",
         tta: bool = False,
         precision: str | None = None,
+        overlays: Sequence[str | os.PathLike] = (),
     ) -> None:
         from monai.transforms import Activationsd, Compose, Invertd, LoadImaged, SaveImaged
 
@@ -97,7 +100,7 @@ class BundleRunner:
         if device is not None:
             check_device(device)
             settings["device"] = f"$torch.device('{device}')"
-        workflow = inference_workflow(self.bundle, config, settings)
+        workflow = inference_workflow(self.bundle, config, settings, overlays)
         self.device = torch.device(workflow.device)
         self.network = workflow.network_def.to(self.device).eval()
         self.inferer = workflow.inferer

@@ -18,12 +18,20 @@ STUDIES = "brain_tumor_progression_dicom"
 CHANNELS = {"T1post": "*T1post*", "FLAIR": "*FLAIR*"}
 
 
+OVERRIDES = {"features": FEATURES["unet3d_volume"], "network_def#in_channels": 2, "channels": CHANNELS}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(runner) -> Path:
+    return runner.checkpoint
+
+
 @pytest.fixture(scope="module")
 def runner(tmp_path_factory):
     """The 3D bundle with two named channels (narrow random weights)."""
     from monai_unet.predict.runner import BundleRunner
 
-    overrides = {"features": FEATURES["unet3d_volume"], "network_def#in_channels": 2, "channels": CHANNELS}
+    overrides = OVERRIDES
     path = tmp_path_factory.mktemp("models") / "two.pt"
     torch.manual_seed(0)
     from monai.bundle import ConfigParser
@@ -103,3 +111,23 @@ def test_nnunet_channel_files_on_two_grids(runner, tmp_path: Path, capsys) -> No
     # a case with one of its two channel files fails naming what the bundle takes; the other case is done
     assert by_key["lonely"].status == "failed"
     assert "takes 2 (T1post, FLAIR) as lonely_0000 ... lonely_0001" in by_key["lonely"].reason
+
+
+def test_cli_takes_config_overlays_and_channel_patterns(checkpoint: Path, shared_data: Path, tmp_path: Path) -> None:
+    """``--config`` merges an overlay over inference.json as training does; ``--channel`` overrides a pattern."""
+    import json
+
+    from monai_unet.cli import main
+
+    overlay = tmp_path / "two_channels.json"
+    overlay.write_text(json.dumps(OVERRIDES))
+    study = sorted(p for p in (shared_data / STUDIES / "PGBM-003").iterdir() if p.is_dir())[0]
+    out = tmp_path / "out"
+    args = ["predict", "--bundle", "unet3d_volume", "--checkpoint", str(checkpoint), "--config", str(overlay)]
+    assert main([*args, "--input", str(study), "--output", str(out), "--no-progress"]) == 0
+    assert len(list(out.rglob("*_seg.nii.gz"))) == 1
+    # a pattern that matches nothing: the study fails naming the channel (exit 1, the batch itself ran)
+    bad = ["--channel", "FLAIR=*DWI*", "--input", str(study), "--output", str(tmp_path / "bad"), "--no-progress"]
+    assert main([*args, *bad]) == 1
+    # a channel the bundle does not have: nothing runs (exit 2)
+    assert main([*args, "--channel", "DWI=*dwi*", "--input", str(study), "--output", str(tmp_path / "x")]) == 2
