@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +109,7 @@ def make_datalists(
     val_indices: Sequence[int] | None = None,
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
+    channels: Mapping[str, Any] | None = None,
 ) -> dict[str, list[dict[str, str]]]:
     """Training and validation datalists of ``dataset_dir``.
 
@@ -122,6 +123,8 @@ def make_datalists(
         val_indices: explicit validation indices instead of ``val_fraction``.
         seed: seed of the split.
         cache_dir: where pages of multi-page TIFF stacks are written (membrane only).
+        channels: the named input channels of a volume bundle, ``{name: pattern(s)}`` (see
+            :func:`~monai_unet.data.volume_datalist`); ``None``: one channel.
 
     Returns:
         ``{"training": [...], "validation": [...]}``.
@@ -133,9 +136,9 @@ def make_datalists(
         dataset_json = Path(dataset_dir) / "dataset.json"
         if dataset_json.is_file() and json.loads(dataset_json.read_text()).get("validation"):
             return {
-                "training": volume_datalist(dataset_dir, section="training"),
-                "validation": volume_datalist(dataset_dir, section="validation"),
+                "training": volume_datalist(dataset_dir, section="training", channels=channels),
+                "validation": volume_datalist(dataset_dir, section="validation", channels=channels),
             }
-        items = volume_datalist(dataset_dir)
+        items = volume_datalist(dataset_dir, channels=channels)
     train, val = split_datalist(items, val_fraction=val_fraction, val_indices=val_indices, seed=seed)
     return {"training": train, "validation": val}
