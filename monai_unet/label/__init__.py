@@ -1,6 +1,7 @@
 """The MONAI Label app: the monai-unet bundles served to 3D Slicer for inference and training on corrections.
 
-Start it with ``monai-unet label --studies DIR`` (see :func:`monai_unet.label.server.start_server`). Needs the
+Start it with ``monai-unet label --studies DIR`` or ``--studies dicomweb+http://HOST:8042/dicom-web`` (a PACS: see
+:mod:`monai_unet.label.datastore`; :func:`monai_unet.label.server.start_server`). Needs the
 ``label`` extra: ``pip install "monai-unet[label]"``. Importing this package does not import MONAI Label; the app
 itself is :class:`monai_unet.label.main.MonaiUnetApp`.
 """

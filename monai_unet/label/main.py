@@ -8,6 +8,8 @@ Settings (``--conf KEY VALUE`` of ``monailabel start_server``; ``monai-unet labe
 
 - ``models``: ``all`` (default) or a comma-separated list of bundle names to serve.
 - ``preload``: ``true`` to load the networks at start-up (default ``false``: on the first request).
+- ``dicomweb_filter``, ``dicomweb_user``, ``dicomweb_cache``, ``dicomweb_cache_expiry``, ``dicomweb_retries``,
+  ``dicomweb_backoff``: for a DICOMweb ``--studies`` URL, see :mod:`monai_unet.label.datastore`.
 
 Nothing is downloaded: no model zoo, no SAM weights. A bundle with no ``models/model.pt`` yet is served with the
 network's initial weights (seeded, written once) so that it can be trained from the datastore's labels; its
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.train import TrainTask
 
@@ -57,6 +60,17 @@ class MonaiUnetApp(MONAILabelApp):
             description=f"The original U-Net (Ronneberger et al. 2015), bundles {', '.join(self.bundles)}",
             version=__version__,
         )
+
+    def init_remote_datastore(self) -> Datastore:
+        """A DICOMweb ``--studies`` URL: :class:`~monai_unet.label.datastore.UNetDICOMWebDatastore` (XNAT, DSA:
+        MONAI Label's own, chosen with ``MONAI_LABEL_DATASTORE``)."""
+        from monailabel.config import settings
+
+        if settings.MONAI_LABEL_DATASTORE.lower() in ("xnat", "dsa"):
+            return super().init_remote_datastore()
+        from monai_unet.label.datastore import dicomweb_datastore
+
+        return dicomweb_datastore(self.studies, self.conf, self.app_dir)
 
     def init_infers(self) -> dict[str, InferTask]:
         """One infer task per served bundle, named after the bundle."""

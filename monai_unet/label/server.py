@@ -230,7 +230,8 @@ def start_server(
     When the server stops, the processes it started (a training still running) are stopped too.
 
     Args:
-        studies: the studies folder (images; labels go to ``<studies>/labels/``), or a DICOMweb URL.
+        studies: the studies folder (images; labels go to ``<studies>/labels/``), or a DICOMweb server's root
+            (``dicomweb+http://HOST:8042/dicom-web`` or ``http://...``: see :mod:`monai_unet.label.datastore`).
         app_dir: the app folder (see :func:`prepare_app_dir`).
         host: the address to listen on (loopback by default; ``0.0.0.0`` for every interface).
         port: the port.
@@ -238,15 +239,16 @@ def start_server(
         weights: ``{bundle: checkpoint}`` to serve.
         conf: more MONAI Label ``--conf`` settings (e.g. ``{"preload": "true"}``).
         log_level: uvicorn's log level.
+
+    Raises:
+        ValueError: a DICOMweb URL with credentials in it, or ``dicomweb_user`` without a password.
     """
     _require_monailabel()
     from monailabel.main import Main
 
     names = selected_models(models)
+    studies = _studies(studies, conf or {})
     app = prepare_app_dir(app_dir, names, weights)
-    studies = str(studies)
-    if not studies.startswith(("http://", "https://")):
-        studies = str(Path(studies).expanduser().resolve())
     settings = {"models": ",".join(names), **dict(conf or {})}
     main = Main()
     args = main.args_parser().parse_args(server_argv(app, studies, host, port, settings, log_level))
@@ -258,6 +260,24 @@ def start_server(
     finally:
         _stop_children()
         signal.signal(signal.SIGTERM, previous)
+
+
+def _studies(studies: str | os.PathLike, conf: Mapping[str, str]) -> str:
+    """The folder, resolved; or the DICOMweb root (``dicomweb+`` dropped), its password in the environment.
+
+    With ``dicomweb_user`` set and no ``$MONAI_UNET_DICOMWEB_PASSWORD``, the password is asked on the terminal and
+    put in this process' environment, where the app (and a training it starts) reads it: never on a command line.
+    """
+    from monai_unet.io.dicomweb import PASSWORD_ENV, is_dicomweb_url, parse_dicomweb_url, read_password
+
+    text = str(studies)
+    if not (is_dicomweb_url(text) or text.lower().startswith(("http://", "https://"))):
+        return str(Path(text).expanduser().resolve())
+    url = parse_dicomweb_url(text)
+    user = conf.get("dicomweb_user")
+    if user and not os.environ.get(PASSWORD_ENV):
+        os.environ[PASSWORD_ENV] = read_password(user)
+    return url
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:
