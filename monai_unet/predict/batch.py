@@ -28,6 +28,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from monai_unet.io.dicomweb import is_dicomweb_url
+from monai_unet.predict.dicomweb import DicomWebOptions, Fetched, display_key, fetch_studies, store_outputs
 from monai_unet.predict.formats import finished_parts, is_large_tiff, predict_2d, predict_volume
 from monai_unet.predict.inputs import (
     DEFAULT_LARGE_THRESHOLD,
@@ -189,6 +191,7 @@ def predict(
     configs: Sequence[str | os.PathLike] = (),
     tta: bool = False,
     precision: str | None = None,
+    dicomweb: DicomWebOptions | None = None,
 ) -> list[Result]:
     """Segment ``inputs`` with ``bundle`` into ``output_dir``; see the module docstring.
 
@@ -211,6 +214,8 @@ def predict(
         configs: config overlays merged over the bundle's inference.json (a plan, ``isbi2012.json``...).
         tta, precision: flip test-time augmentation and the network's number format (see
             :class:`~monai_unet.predict.runner.BundleRunner`).
+        dicomweb: the selection, credentials and ``store_to`` for inputs that are DICOMweb servers
+            (``dicomweb+http://HOST:8042/dicom-web``; see :mod:`monai_unet.predict.dicomweb`).
         channels: the input channels' patterns, ``{name: pattern(s)}`` (default: the bundle's ``channels``); with
             more than one, a DICOM study or an nnU-Net case is one input (see
             :func:`~monai_unet.predict.inputs.group_channels`).
@@ -218,9 +223,6 @@ def predict(
     Returns:
         one :class:`Result` per input of this shard, in order.
     """
-    from tqdm.auto import tqdm
-
-    from monai_unet.io.atomic import claim, clean_stale_temporaries
 
     options = PredictOptions(
         probabilities=probabilities,
@@ -247,7 +249,47 @@ def predict(
             overlays=configs,
         )
     patterns = channels if channels is not None else runner.channels
+    scratch = contextlib.ExitStack()
+    fetched = None
+    urls = [str(i) for i in inputs if is_dicomweb_url(i)]
+    if urls:
+        dicomweb = dicomweb or DicomWebOptions()
+        if dicomweb.store_to and not dicom_seg:
+            raise ValueError("--store-to sends DICOM-SEGs back: add --dicom-seg.")
+        import tempfile
+
+        folder = Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="monai_unet_dicomweb_")))
+        whole = bool(patterns) and len(patterns) > 1
+        fetched = fetch_studies(urls, dicomweb, folder, whole_studies=whole, stream=stream)
+        inputs = [str(i) for i in inputs if not is_dicomweb_url(i)] + fetched.inputs
+    with scratch:
+        return _predict_items(
+            runner, inputs, output_dir, naming, patterns, index, count, options, overwrite, progress, stream, fetched
+        )
+
+
+def _predict_items(
+    runner: BundleRunner,
+    inputs: Sequence[str | os.PathLike],
+    output_dir: Path,
+    naming: str,
+    patterns: Mapping[str, Any] | None,
+    index: int,
+    count: int,
+    options: PredictOptions,
+    overwrite: bool,
+    progress: bool,
+    stream: TextIO,
+    fetched: Fetched | None,
+) -> list[Result]:
+    """The batch loop of :func:`predict` over local inputs (DICOMweb studies already retrieved into ``fetched``)."""
+    from tqdm.auto import tqdm
+
+    from monai_unet.io.atomic import claim, clean_stale_temporaries
+
     items = shard_items(discover_inputs(inputs, exclude=output_dir, naming=naming, channels=patterns), index, count)
+    if fetched is not None:  # retrieved studies are named by their server and UID, not the scratch folder
+        items = [dataclasses.replace(i, key=display_key(fetched, i.key, i.path)) for i in items]
     prepare_output_dir(output_dir)
     for p in clean_stale_temporaries(output_dir):
         print(f"removed the temporary {p} of an interrupted run", file=stream)
@@ -258,6 +300,12 @@ def predict(
     if threading.current_thread() is threading.main_thread():  # only it may install signal handlers
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     results: list[Result] = []
+    if fetched is not None:  # studies a server could not give, or holds the segmentations of already
+        results += [Result(key, "failed", reason=_first_line(why)) for key, why in fetched.failed]
+        results += [Result(key, "skipped", reason=why) for key, why in fetched.skipped]
+        for r in results:
+            if r.status == "failed":
+                tqdm.write(f"FAILED {r.key}: {r.reason}", file=sys.stderr)
     bar = tqdm(items, desc="inputs", unit="input", disable=not progress, file=sys.stderr)
     try:
         for item in bar:
@@ -286,6 +334,9 @@ def predict(
                     try:  # each warning names its input
                         outs = predict_one(runner, item, outs, options, large=large)
                         result = Result(item.key, "done", outs, seconds=time.perf_counter() - t0)
+                        why = store_outputs(fetched, item.path, outs) if fetched is not None else None
+                        if why:  # the outputs are kept here; the server does not have them
+                            result = Result(item.key, "failed", outs, reason=why, seconds=result.seconds)
                     except Exception as e:
                         reason = _first_line(e)
                         result = Result(item.key, "failed", reason=reason, seconds=time.perf_counter() - t0)
