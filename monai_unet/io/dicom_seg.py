@@ -137,6 +137,8 @@ def write_dicom_seg(
         device_serial_number="0",
         omit_empty_frames=False,
     )
+    source = str(getattr(datasets[0], "SeriesDescription", "") or "").strip()
+    seg.SeriesDescription = (f"monai-unet SEG of {source}" if source else "monai-unet SEG")[:64]  # LO: 64 chars
     with atomic_output(path) as tmp:
         seg.save_as(str(tmp))
     return Path(path)

@@ -130,6 +130,7 @@ def test_dicom_seg_references_the_source_series(shared_data, t1_results):
     assert seg.Modality == "SEG"
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source[0].SeriesInstanceUID
     assert seg.StudyInstanceUID == source[0].StudyInstanceUID
+    assert seg.SeriesDescription == f"monai-unet SEG of {source[0].SeriesDescription}"  # named in OHIF and Slicer
     label = np.asarray(nib.load(results[0].outputs[0]).dataobj)
     index = {ds.SOPInstanceUID: k for k, ds in enumerate(source)}
     frames = seg.pixel_array
