@@ -1,4 +1,5 @@
-"""The ``monai-unet`` command: quickstart, train, predict (see :mod:`monai_unet.predict`), label, sizes."""
+"""The ``monai-unet`` command: quickstart, train, plan (see :mod:`monai_unet.planning`), predict (see
+:mod:`monai_unet.predict`), label, sizes."""
 
 from __future__ import annotations
 
@@ -92,6 +93,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from monai_unet.data.channels import parse_channel_options
     from monai_unet.predict import predict
+    from monai_unet.predict.dicomweb import DicomWebOptions
 
     try:
         channels = None
@@ -119,6 +121,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             configs=args.config,
             tta=args.tta,
             precision=args.precision,
+            dicomweb=DicomWebOptions(
+                study=args.study, series=args.series, query=tuple(args.query), user=args.user, store_to=args.store_to
+            ),
             checkpoint=args.checkpoint,
             device=args.device,
             overwrite=args.overwrite,
@@ -143,6 +148,42 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         )
         return 128 + int(getattr(e, "signum", 2))  # 130 for Ctrl-C (SIGINT), 143 for SIGTERM
     return 0 if all(r.status != "failed" for r in results) else 1
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    import shlex
+
+    from monai_unet.planning import PlanOptions, format_plan, make_plan, write_plan
+    from monai_unet.planning.plan import check_writable
+
+    command = "monai-unet " + shlex.join(args.argv) if args.argv is not None else None
+    try:
+        check_writable(args.output, args.overwrite)
+        options = PlanOptions.for_device(
+            args.device,
+            memory_mb=args.memory_mb,
+            base_features=args.base_features,
+            max_features=args.max_features,
+            max_pools=args.max_pools,
+        )
+        plan = make_plan(
+            args.bundle,
+            args.dataset_dir,
+            options,
+            measure=not args.no_measure,
+            progress=lambda line: print(line, flush=True),
+            command=command,
+        )
+        print(format_plan(plan))
+        path = write_plan(plan, args.output, overwrite=args.overwrite)
+    except (FileNotFoundError, FileExistsError, IsADirectoryError, ValueError, RuntimeError) as e:
+        print(f"monai-unet plan: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"plan written to {path}; train with: monai-unet train --bundle {args.bundle} --dataset-dir "
+        f"{args.dataset_dir} --config {path}"
+    )
+    return 0
 
 
 def _cmd_sizes(args: argparse.Namespace) -> int:
@@ -211,6 +252,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(
+        "plan",
+        help="plan a valid U-Net for a dataset, nnU-Net style: writes a bundle config overlay (PLAN.json)",
+        description="Fingerprint a dataset as the bundle reads it and plan the network (target spacing, kernels and "
+        "strides per level, features), the training and inference tiles, the batch, the per-channel normalisation "
+        "and the foreground oversampling; print each choice with its reason and the expected step time, and write "
+        "the plan as a config overlay for train.json/inference.json (monai-unet train --config PLAN.json).",
+    )
+    p.add_argument("--bundle", required=True, help="bundle folder, or unet2d_membrane / unet3d_volume")
+    p.add_argument("--dataset-dir", required=True, help="a dataset the bundle reads (folders, dataset.json, DICOM)")
+    p.add_argument("--output", required=True, help="the plan file to write (JSON)")
+    p.add_argument(
+        "--memory-mb",
+        type=int,
+        default=None,
+        help="memory of one training step in MiB (default: the GPU's memory on CUDA; on the CPU a quarter of the "
+        "physical memory, at most 1024)",
+    )
+    p.add_argument("--base-features", type=int, default=None, help="channels of the top level (CPU 8, CUDA 32)")
+    p.add_argument("--max-features", type=int, default=None, help="cap of the channels per level (CPU 128, CUDA 320)")
+    p.add_argument("--max-pools", type=int, default=5, help="the most poolings along one axis (default 5)")
+    p.add_argument("--device", default=None, help="plan for and time on this device (default: cuda if present)")
+    p.add_argument("--no-measure", action="store_true", help="do not time training steps of the planned network")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing plan file")
+    p.set_defaults(func=_cmd_plan)
+
+    p = sub.add_parser(
         "predict",
         help="segment DICOM series, NIfTI/NRRD/MHA volumes and 2D PNG/TIFF images with a bundle",
         description="Segment files and folders with a bundle's inference.json. Failed inputs are reported and "
@@ -250,10 +317,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="what the network computes in (default: the bundle's inference.json precision, fp32); auto = bf16 on "
         "CPUs with AVX512-BF16/AMX and on CUDA, else fp32",
     )
-    p.add_argument("--input", nargs="+", required=True, help="files and folders (DICOM series folders included)")
+    p.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        help="files and folders (DICOM series folders included), or a DICOMweb server: "
+        "dicomweb+http://HOST:8042/dicom-web with --study, --series or --query",
+    )
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: the bundle's)")
     p.add_argument("--overwrite", action="store_true", help="redo inputs whose outputs exist")
+    p.add_argument("--study", default=None, help="DICOMweb input: the StudyInstanceUID to segment")
+    p.add_argument("--series", default=None, help="DICOMweb input: the SeriesInstanceUID to segment")
+    p.add_argument(
+        "--query",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="DICOMweb input: a QIDO-RS match key, e.g. PatientID=PGBM-001 (repeatable; * and ? wildcards)",
+    )
+    p.add_argument(
+        "--user",
+        default=None,
+        help="DICOMweb user; the password from MONAI_UNET_DICOMWEB_PASSWORD or typed when asked (never logged)",
+    )
+    p.add_argument(
+        "--store-to",
+        default=None,
+        metavar="URL",
+        help="send each DICOM-SEG back to this DICOMweb server (STOW-RS, needs --dicom-seg); series it holds "
+        "a SEG of are skipped (resume)",
+    )
     p.add_argument(
         "--naming",
         choices=("path", "dicom"),
@@ -297,6 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="bundle config overrides")
     p.set_defaults(func=_cmd_predict)
 
+    from monai_unet.export.cli import add_export_parser
+
+    add_export_parser(sub)
+
     p = sub.add_parser("sizes", help="valid input/output sizes of a U-Net")
     p.add_argument("--depth", type=int, default=4, help="number of poolings (len(features) - 1)")
     p.add_argument("--padding", choices=("valid", "same"), default="valid")
@@ -320,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``monai-unet`` console script."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     return int(args.func(args) or 0)
 
 

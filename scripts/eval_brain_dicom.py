@@ -1,34 +1,107 @@
-"""3D accuracy from DICOM: train the 3D bundle on one patient's Brain-Tumor-Progression studies, Dice on the other's.
+"""3D tumour accuracy from DICOM: cross-validation by patient, the model for new patients, post-processing.
 
-Reads ``../shared/data/brain_tumor_progression_dicom`` (four studies of two patients, each with a T1post MR series
-and a tumour mask series on the same grid), trains ``bundles/unet3d_volume`` on the studies whose path does not
-contain ``--test-study`` (default PGBM-003: the other patient's studies, so no patient is in both sets), segments
-each held-out T1post series straight from its DICOM folder with ``monai_unet.predict`` (the CLI's code path; the
-label map is written back on the series' own grid), and reports tumour Dice against its mask series, voxel for
-voxel in that grid, per study and their mean.
+Reads DICOM study folders (default: ``../shared/data/brain_tumor_progression_dicom``, four studies of two patients,
+each with T1prereg, T1post, T2reg, FLAIRreg and a MaskTumor series on one grid) and, for each channel set:
+
+1. **Cross-validation grouped by patient** (leave-one-patient-out with this data; ``--folds K`` groups patients
+   into K folds): each fold trains ``bundles/unet3d_volume`` through its configs (``train.json`` + the plan +
+   this run's overlay) on the other patients' studies within ``--budget-min`` minutes of wall clock
+   (``monai_unet.handlers.TimeLimit``; the poly learning-rate schedule is sized from the plan's measured step
+   time), segments each held-out study straight from its DICOM folder with ``monai_unet.predict`` (the CLI's code
+   path, the label map on the study's own grid) and scores tumour Dice against its mask series, voxel for voxel.
+   The fold's last weights are scored (no held-out study chooses anything).
+2. **Post-processing chosen on the cross-validation**: keep the largest connected component of the tumour, or not,
+   whichever gives the higher mean cross-validation Dice; written into the overlay the final model is used with.
+3. **The model for new patients** (``--final all``, nnU-Net's ``all`` fold): trained on every study within the same
+   budget; or ``--final ensemble``: the fold models, averaged by ``monai-unet predict --checkpoint A.pt B.pt``.
+
+``--train S1 S2 --test S3 S4`` instead trains once on the given study folders and scores the given test studies
+(any split, scored the same way as ``scripts/bench_nnunet.py`` scores nnU-Net).
 
 Usage:
-    python scripts/eval_brain_dicom.py                         # 1200 iterations, ~10 min on 2 CPU cores
-    python scripts/eval_brain_dicom.py --test-study PGBM-001   # hold out the other patient
-    python scripts/eval_brain_dicom.py --evaluate-only         # re-score the weights of an earlier run
+    python scripts/eval_brain_dicom.py                                       # all four sequences, 45 min per fold
+    python scripts/eval_brain_dicom.py --channel-sets T1post T1post,FLAIR all --budget-min 45
+    python scripts/eval_brain_dicom.py --train S1 S2 --test S3 S4 --budget-min 10
+    python scripts/eval_brain_dicom.py --budget-min 1 --set epoch_length=2   # a smoke run
 
-Writes ``<out-dir>/results.json`` and the prediction under ``<out-dir>/predictions``.
+Writes ``<out-dir>/results.json`` (per channel set: per fold, per study Dice, wall times, the post-processing
+choice) and, per run, the bundle_root with models/, the overlay used and the predictions.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "brain_tumor_progression_dicom"
+DEFAULT_PLAN = REPO / "bundles" / "unet3d_volume" / "configs" / "brain_tumor_progression.json"
+# the bundle's channel names and their series patterns (the same as its configs' "channels")
+ALL_CHANNELS = {"T1pre": "*T1prereg*", "T1post": "*T1post*", "T2": "*T2reg*", "FLAIR": "*FLAIR*"}
+LABEL_SERIES = "*MaskTumor*"
+
+
+# ------------------------------------------------------------------------------------------------------ studies
+
+
+def find_studies(roots: Sequence[Path]) -> list[Path]:
+    """Study folders (holding a MaskTumor series folder) at or below ``roots``, sorted."""
+    out = []
+    for root in roots:
+        root = root.resolve()
+        for current, dirs, _ in os.walk(root, followlinks=True):
+            dirs.sort()
+            if any(Path(current, d).match(LABEL_SERIES) for d in dirs):
+                out.append(Path(current))
+                dirs[:] = []
+    return sorted(set(out))
+
+
+def patient_of(study: Path) -> str:
+    """The PatientID of a study (its first readable DICOM header), else its parent folder's name."""
+    from monai_unet.io.dicom import read_header
+
+    for series in sorted(p for p in study.iterdir() if p.is_dir()):
+        for f in sorted(series.iterdir()):
+            ds = read_header(f)
+            if ds is not None and getattr(ds, "PatientID", None):
+                return str(ds.PatientID)
+    return study.parent.name
+
+
+def patient_folds(studies: Sequence[Path], folds: int | None) -> list[list[Path]]:
+    """Held-out study groups, each whole patients: one per patient (``folds=None``) or ``folds`` groups."""
+    by_patient: dict[str, list[Path]] = {}
+    for s in studies:
+        by_patient.setdefault(patient_of(s), []).append(s)
+    patients = sorted(by_patient)
+    if len(patients) < 2:
+        raise SystemExit(f"cross-validation by patient needs two patients or more; the studies are all {patients}.")
+    k = len(patients) if folds is None else min(folds, len(patients))
+    return [[s for p in patients[i::k] for s in by_patient[p]] for i in range(k)]
+
+
+def link_dataset(studies: Sequence[Path], folder: Path) -> Path:
+    """A dataset folder of links: ``folder/<patient>/<study>/<series>`` -> each study's series folders."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for s in studies:
+        dest = folder / s.parent.name / s.name
+        dest.mkdir(parents=True, exist_ok=True)
+        for series in s.iterdir():
+            if series.is_dir() and not (dest / series.name).exists():
+                os.symlink(series.resolve(), dest / series.name)
+    return folder
+
+
+# ------------------------------------------------------------------------------------------------------ scoring
 
 
 def load_ras(path: str | os.PathLike) -> np.ndarray:
@@ -44,107 +117,223 @@ def dice(pred: np.ndarray, true: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * float((pred & true).sum()) / total
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the Brain-Tumor-Progression DICOM folder")
-    p.add_argument(
-        "--test-study", default="PGBM-003", help="a part of the held-out studies' paths (a patient, or one study)"
-    )
-    p.add_argument("--out-dir", type=Path, default=REPO / "runs" / "brain_dicom", help="bundle_root of the run")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-epochs", type=int, default=30, help="epochs of the bundle's 40 iterations (default 30)")
-    p.add_argument("--device", default=None, help="torch device (default: the bundle's, cuda:0 if present)")
-    p.add_argument("--evaluate-only", action="store_true", help="score <out-dir>/models/model_final.pt")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="bundle config overrides")
-    args = p.parse_args(argv)
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 26-connected component of a binary mask (MONAI's ``KeepLargestConnectedComponent``)."""
+    from monai.transforms import KeepLargestConnectedComponent
+
+    kept = KeepLargestConnectedComponent(applied_labels=[1], connectivity=3)(mask[None].astype(np.uint8))
+    return np.asarray(kept[0]) > 0
+
+
+# ------------------------------------------------------------------------------------------------------ one run
+
+
+def overlay_for(plan: dict, channels: dict[str, str], extra: dict) -> dict:
+    """The plan, narrowed to ``channels`` (its per-channel normalisation picked by name), with ``extra`` over it."""
+    out = dict(plan)
+    names = list(plan.get("channels") or {})
+    schemes = plan.get("normalization")
+    if schemes is not None and names and len(schemes) == len(names):
+        out["normalization"] = [schemes[names.index(c)] if c in names else schemes[0] for c in channels]
+    elif schemes is not None:
+        out["normalization"] = [schemes[0]] * len(channels)
+    out["channels"] = dict(channels)
+    out["in_channels"] = len(channels)
+    out.update(extra)
+    return out
+
+
+def iterations_for(plan: dict, budget_s: float, batch_default: int = 1) -> int:
+    """Training iterations that fit ``budget_s`` at the plan's measured step time (``plan_info``), for the poly
+    schedule; the time limit stops training if the machine is slower."""
+    info = plan.get("plan_info") or {}
+    step = (info.get("measured") or {}).get("step_seconds") or 2.0  # without a measurement: the time limit decides
+    return max(1, int(budget_s / float(step)))
+
+
+def train_and_score(
+    name: str,
+    train: Sequence[Path],
+    test: Sequence[Path],
+    overlay: dict,
+    out_dir: Path,
+    budget_s: float,
+    overrides: dict,
+    device: str | None,
+) -> dict:
+    """Train the 3D bundle on ``train`` within ``budget_s``; segment and score ``test`` (may be empty)."""
+    import torch
 
     from monai_unet.bundles import run_bundle
-    from monai_unet.cli import parse_overrides
-    from monai_unet.data import volume_datalist
-    from monai_unet.io.atomic import atomic_output
+    from monai_unet.io.writers import write_json
     from monai_unet.predict import predict
 
-    data = args.data.resolve()
-    items = volume_datalist(data)
-    held = [i for i, item in enumerate(items) if args.test_study in item["image"]]
-    if not held or len(held) == len(items):
-        names = [str(Path(item["image"]).parent.relative_to(data)) for item in items]
-        raise SystemExit(
-            f"--test-study {args.test_study!r} should match some but not all of these studies (the others train): "
-            f"{names}"
-        )
-    tests = [items[i] for i in held]
-    out_dir = args.out_dir.resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    overrides = {"seed": args.seed, "val_indices": held, "max_epochs": args.max_epochs}
-    overrides.update(parse_overrides(args.set))
-    if args.device is not None:
-        overrides["device"] = f"$torch.device('{args.device}')"
-
-    results_path = out_dir / "results.json"
-    previous = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    train_seconds, iterations = previous.get("train_seconds"), previous.get("iterations")
-    if not args.evaluate_only:
-        train_names = [str(Path(it["image"]).parent.relative_to(data)) for i, it in enumerate(items) if i not in held]
-        print(f"[1/2] training the 3D bundle on {len(train_names)} studies: {', '.join(train_names)}", flush=True)
-        start = time.perf_counter()
-        run_bundle("unet3d_volume", "training", ["train"], bundle_root=out_dir, dataset_dir=str(data), **overrides)
-        train_seconds = time.perf_counter() - start
-        state = torch.load(out_dir / "models" / "checkpoint.pt", map_location="cpu", weights_only=False)
-        iterations = int(state["trainer"]["iteration"])
-    weights = out_dir / "models" / "model_final.pt"
-    if not weights.is_file():
-        raise SystemExit(f"{weights} does not exist: train first (run without --evaluate-only).")
-
-    print(f"[2/2] segmenting the {len(tests)} held-out T1post series", flush=True)
+    run_dir = out_dir / name
+    data = link_dataset([*train, *test], run_dir / "dataset")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # the test studies are the (never run) validation set of the bundle: training decides nothing on them
+    ordered = find_studies([data])
+    val = [i for i, s in enumerate(ordered) if any(s.name == t.name and s.parent.name == t.parent.name for t in test)]
+    epoch_length = int(overrides.get("epoch_length", overlay.get("epoch_length", 40)))
+    iterations = iterations_for(overlay, budget_s)
+    settings = {
+        "val_indices": val or [0],
+        "val_interval": 10**6,
+        "max_epochs": max(1, math.ceil(iterations / epoch_length)),
+        "time_limit_s": budget_s,
+        **overrides,
+    }
+    overlay_path = write_json(run_dir / "overlay.json", overlay)
+    if device is not None:
+        settings["device"] = f"$torch.device('{device}')"
+    print(f"[{name}] training on {len(train)} studies, {budget_s / 60:.1f} min budget", flush=True)
+    start = time.perf_counter()
+    run_bundle(
+        "unet3d_volume",
+        "training",
+        ["train", str(overlay_path)],
+        bundle_root=run_dir,
+        dataset_dir=str(data),
+        **settings,
+    )
+    train_seconds = time.perf_counter() - start
+    state = torch.load(run_dir / "models" / "checkpoint.pt", map_location="cpu", weights_only=False)
+    result: dict = {
+        "train": [str(s) for s in train],
+        "train_seconds": train_seconds,
+        "iterations": int(state["trainer"]["iteration"]),
+        "weights": str(run_dir / "models" / "model_final.pt"),
+        "overlay": str(overlay_path),
+        "studies": {},
+    }
+    if not test:
+        return result
     start = time.perf_counter()
     results = predict(
         "unet3d_volume",
-        [test["image"] for test in tests],
-        out_dir / "predictions",
-        checkpoint=weights,
-        device=args.device,
+        [str(s) for s in test],
+        run_dir / "predictions",
+        checkpoint=run_dir / "models" / "model_final.pt",
+        configs=[str(overlay_path)],
+        device=device,
         overwrite=True,
         progress=False,
     )
-    infer_seconds = time.perf_counter() - start
-    per_study = {}
-    for test, res in zip(tests, results):
+    result["inference_seconds"] = time.perf_counter() - start
+    for study, res in zip(test, results):
         if res.status != "done":
-            raise SystemExit(f"prediction of {test['image']} failed: {res.reason}")
+            raise SystemExit(f"prediction of {study} failed: {res.reason}")
         pred = load_ras(res.outputs[0]) > 0
-        true = load_ras(test["label"]) > 0
+        true = load_ras(next(study.glob(LABEL_SERIES))) > 0
         if pred.shape != true.shape:
-            raise SystemExit(f"prediction {pred.shape} and mask series {true.shape} are not on one grid")
-        per_study[str(Path(test["image"]).parent.relative_to(data))] = {
-            "tumour_dice": dice(pred, true),
+            raise SystemExit(f"prediction {pred.shape} and mask series {true.shape} of {study} are not on one grid")
+        result["studies"][str(study)] = {
+            "dice": dice(pred, true),
+            "dice_largest_component": dice(largest_component(pred), true),
             "predicted_voxels": int(pred.sum()),
             "mask_voxels": int(true.sum()),
-            "grid": list(pred.shape),
+            "prediction": str(res.outputs[0]),
         }
-    score = float(np.mean([r["tumour_dice"] for r in per_study.values()]))
-    result = {
-        "test_studies": per_study,
-        "tumour_dice": score,
-        "train_seconds": train_seconds,
-        "iterations": iterations,
-        "inference_seconds": infer_seconds,
-        "overrides": overrides,
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-    }
-    with atomic_output(results_path) as tmp:
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-    minutes = "n/a" if train_seconds is None else f"{train_seconds / 60:.1f} min"
-    print()
-    for name, r in per_study.items():
+    return result
+
+
+# ------------------------------------------------------------------------------------------------------ main
+
+
+def parse_channel_set(text: str) -> dict[str, str]:
+    names = list(ALL_CHANNELS) if text == "all" else [c.strip() for c in text.split(",") if c.strip()]
+    unknown = [c for c in names if c not in ALL_CHANNELS]
+    if unknown:
+        raise SystemExit(f"unknown channel(s) {unknown}: the channels are {list(ALL_CHANNELS)} (or 'all').")
+    return {c: ALL_CHANNELS[c] for c in names}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--data", type=Path, nargs="+", default=[DEFAULT_DATA], help="folders holding the study folders")
+    p.add_argument("--train", type=Path, nargs="+", default=None, help="training study folders (with --test)")
+    p.add_argument("--test", type=Path, nargs="+", default=None, help="test study folders (with --train)")
+    p.add_argument("--folds", type=int, default=None, help="patient groups (default: one per patient)")
+    p.add_argument("--channel-sets", nargs="+", default=["all"], help="e.g. T1post T1post,FLAIR all (default all)")
+    p.add_argument("--plan", type=Path, default=DEFAULT_PLAN, help="the plan (monai-unet plan) to train with")
+    p.add_argument("--budget-min", type=float, default=45.0, help="training wall clock per model (default 45)")
+    p.add_argument("--final", choices=("all", "ensemble", "none"), default="all", help="the model for new patients")
+    p.add_argument("--out-dir", type=Path, default=REPO / "runs" / "brain_cv")
+    p.add_argument("--device", default=None)
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="bundle config overrides")
+    args = p.parse_args(argv)
+
+    from monai_unet.cli import parse_overrides
+    from monai_unet.io.writers import write_json
+
+    if not args.plan.is_file():
+        raise SystemExit(f"--plan {args.plan} does not exist: make one with monai-unet plan --bundle unet3d_volume.")
+    plan = json.loads(args.plan.read_text())
+    overrides = parse_overrides(args.set)
+    budget_s = args.budget_min * 60.0
+    out_dir = args.out_dir.resolve()
+    if (args.train is None) != (args.test is None):
+        raise SystemExit("--train and --test go together.")
+    report: dict = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "plan": str(args.plan), "sets": {}}
+
+    for text in args.channel_sets:
+        channels = parse_channel_set(text)
+        tag = "+".join(channels)
+        start = time.perf_counter()
+        if args.train is not None:
+            folds = [[s.resolve() for s in args.test]]
+            pool = [s.resolve() for s in args.train]
+        else:
+            studies = find_studies(args.data)
+            folds = patient_folds(studies, args.folds)
+            pool = studies
+        runs = []
+        for k, held in enumerate(folds):
+            train = [s for s in pool if s not in held]
+            overlay = overlay_for(plan, channels, {})
+            runs.append(
+                train_and_score(f"{tag}/fold{k}", train, held, overlay, out_dir, budget_s, overrides, args.device)
+            )
+        scores = {s: r for run in runs for s, r in run["studies"].items()}
+        plain = float(np.mean([r["dice"] for r in scores.values()]))
+        largest = float(np.mean([r["dice_largest_component"] for r in scores.values()]))
+        keep = largest > plain
+        entry = {
+            "channels": channels,
+            "folds": runs,
+            "mean_dice": plain,
+            "mean_dice_largest_component": largest,
+            "keep_largest_component": keep,
+            "cv_seconds": time.perf_counter() - start,
+        }
+        final_overlay = overlay_for(plan, channels, {"keep_largest_component": keep})
+        if args.final == "all" and args.train is None:
+            final = train_and_score(f"{tag}/all", pool, [], final_overlay, out_dir, budget_s, overrides, args.device)
+            entry["final"] = {"kind": "all", "weights": [final["weights"]], "train_seconds": final["train_seconds"]}
+        elif args.final == "ensemble":
+            entry["final"] = {"kind": "ensemble", "weights": [r["weights"] for r in runs]}
+        if "final" in entry:
+            entry["final"]["overlay"] = str(write_json(out_dir / tag / "final_overlay.json", final_overlay))
+        report["sets"][tag] = entry
+        write_json(out_dir / "results.json", report)
+        print(f"\n{tag}: per study")
+        for s, r in scores.items():
+            print(
+                f"  {Path(s).parent.name}/{Path(s).name}: Dice {r['dice']:.3f} (largest component "
+                f"{r['dice_largest_component']:.3f}; {r['mask_voxels']} mask voxels, {r['predicted_voxels']} predicted)"
+            )
         print(
-            f"held-out study {name}: tumour Dice {r['tumour_dice']:.3f} ({r['mask_voxels']} mask voxels, "
-            f"{r['predicted_voxels']} predicted, grid {tuple(r['grid'])})"
+            f"{tag}: mean Dice {plain:.3f}, largest component {largest:.3f} -> keep_largest_component={keep}; "
+            f"wall {entry['cv_seconds'] / 60:.1f} min"
         )
-    print(
-        f"mean tumour Dice {score:.3f}; training {minutes}, {iterations} iterations; inference {infer_seconds:.1f} s"
-        f"\nresults: {results_path}"
-    )
+    print("\n| channels | mean Dice (cross-validation) | with largest component | folds | wall time |")
+    print("|---|---|---|---|---|")
+    for tag, e in report["sets"].items():
+        print(
+            f"| {tag} | {e['mean_dice']:.3f} | {e['mean_dice_largest_component']:.3f} | {len(e['folds'])} | "
+            f"{e['cv_seconds'] / 60:.1f} min |"
+        )
+    print(f"results: {out_dir / 'results.json'}")
     return 0
 
 

@@ -1,5 +1,5 @@
-"""MONAI-style transforms MONAI lacks: the border weight map, coarse-grid elastic deformation in N-d, and the
-paper's augmentation as configurations of MONAI's own transforms."""
+"""MONAI-style transforms MONAI lacks: the border weight map, coarse-grid elastic deformation in N-d, the paper's
+augmentation as configurations of MONAI's own transforms, and a plan's per-channel intensity normalisation."""
 
 from __future__ import annotations
 
@@ -10,16 +10,20 @@ from monai_unet.transforms.elastic import (
     coarse_displacement_field,
     coarse_elastic_deform,
 )
+from monai_unet.transforms.normalize import PlannedNormalize, PlannedNormalized, normalize_channel
 from monai_unet.transforms.weight_map import BorderWeightMap, BorderWeightMapd, border_weight_map, object_labels
 
 __all__ = [
     "BorderWeightMap",
     "BorderWeightMapd",
+    "PlannedNormalize",
+    "PlannedNormalized",
     "RandCoarseElastic",
     "RandCoarseElasticd",
     "border_weight_map",
     "coarse_displacement_field",
     "coarse_elastic_deform",
+    "normalize_channel",
     "object_labels",
     "paper_elastic_2d",
     "recommended_augmentations",

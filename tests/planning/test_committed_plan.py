@@ -1,0 +1,49 @@
+"""The committed plan of the shared brain data is what ``monai-unet plan`` makes of it with the recorded options."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from monai_unet.planning import PlanOptions, make_plan
+
+REPO = Path(__file__).resolve().parents[2]
+PLAN = REPO / "bundles" / "unet3d_volume" / "configs" / "brain_tumor_progression.json"
+DATA = REPO.parent / "shared" / "data" / "brain_tumor_progression_dicom"
+# what differs between machines and runs: timings, the command line and the path as typed
+MACHINE_KEYS = ("measured", "command", "dataset_dir")
+
+
+def _differences(a: Any, b: Any, where: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = [f"{where}/{k}: only in one" for k in set(a) ^ set(b)]
+        for k in set(a) & set(b):
+            out += _differences(a[k], b[k], f"{where}/{k}")
+        return out
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return [f"{where}: {len(a)} != {len(b)} items"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{where}[{i}]")]
+    if isinstance(a, float) or isinstance(b, float):
+        ok = isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-5)
+        return [] if ok else [f"{where}: {a!r} != {b!r}"]
+    return [] if a == b else [f"{where}: {a!r} != {b!r}"]
+
+
+def test_committed_brain_plan_is_reproduced() -> None:
+    if not DATA.is_dir():
+        pytest.skip(f"the shared brain data is not at {DATA} (clone the project beside ../shared to run this)")
+    committed = json.loads(PLAN.read_text())
+    options = PlanOptions(**committed["plan_info"]["options"])
+    fresh = make_plan("unet3d_volume", DATA, options, measure=False)
+    for plan in (committed, fresh):
+        for key in MACHINE_KEYS:
+            plan["plan_info"].pop(key, None)
+    assert _differences(committed, fresh) == []
+    # the committed plan's table of choices, as the docs describe it
+    assert committed["target_spacing"] == [0.6875, 0.6875, 6.5]
+    assert [k[2] for k in committed["kernel_size"][:3]] == [1, 1, 1]

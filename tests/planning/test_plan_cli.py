@@ -1,0 +1,74 @@
+"""``monai-unet plan`` end to end on a tiny dataset: the table, the file, no overwrite, errors without a
+traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from _plan_data import write_case
+
+from monai_unet.cli import main
+from monai_unet.networks import UNet
+from monai_unet.planning import PLAN_KEYS
+
+
+def _plan(dataset: Path, out: Path, *extra: str) -> list[str]:
+    return ["plan", "--bundle", "unet3d_volume", "--dataset-dir", str(dataset), "--output", str(out), *extra]
+
+
+def test_plan_command_writes_the_plan_and_prints_the_table(
+    tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "plans" / "PLAN.json"
+    assert main(_plan(tiny_dataset, out, "--memory-mb", "256", "--device", "cpu")) == 0
+    printed = capsys.readouterr().out
+    for key in PLAN_KEYS:
+        assert f"\n{key}" in printed, key
+    assert "reason" in printed and "expected training step on this machine" in printed and "MiB measured" in printed
+    plan = json.loads(out.read_text())
+    assert set(PLAN_KEYS) <= set(plan) and "plan_info" in plan
+    assert not list(out.parent.glob(".*tmp*")), "a temporary file was left"
+    info = plan["plan_info"]
+    assert info["command"].startswith("monai-unet plan --bundle unet3d_volume")
+    assert info["options"]["memory_mb"] == 256 and info["measured"]["step_seconds"] > 0
+    assert set(info["reasons"]) == set(PLAN_KEYS)
+    # the plan is plain JSON of the types the configs read, and its network takes its tiles
+    assert all(isinstance(v, (int, float, list)) for k, v in plan.items() if k != "plan_info")
+    net = UNet(3, plan["in_channels"], plan["out_channels"], plan["features"], kernel_size=plan["kernel_size"],
+               strides=plan["strides"])  # fmt: skip
+    assert net.is_valid_size(plan["tile_size"]) and net.is_valid_size(plan["infer_tile_size"])
+    assert list(net.output_size(plan["tile_size"])) == info["output_size"] and list(net.halo) == info["halo"]
+
+
+def test_existing_plan_is_kept_without_overwrite(
+    tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "PLAN.json"
+    out.write_text("{}")
+    assert main(_plan(tiny_dataset, out, "--no-measure", "--device", "cpu")) == 2
+    err = capsys.readouterr().err
+    assert "exists; pass --overwrite" in err and "Traceback" not in err
+    assert out.read_text() == "{}"
+    assert main(_plan(tiny_dataset, out, "--no-measure", "--overwrite", "--device", "cpu", "--memory-mb", "256")) == 0
+    assert "tile_size" in json.loads(out.read_text())
+
+
+def test_bad_data_exits_non_zero_naming_the_case(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "bad"
+    write_case(root, "fine", (32, 32, 8), seed=0)
+    write_case(root, "wrong", (32, 32, 8), seed=1, label_values=(1, 3))
+    out = tmp_path / "PLAN.json"
+    assert main(_plan(root, out, "--no-measure", "--device", "cpu")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("monai-unet plan: label labelsTr/wrong.nii.gz has values 0, 1, 3")
+    assert "Traceback" not in err and not out.exists()
+    assert main(_plan(tmp_path / "nowhere", out, "--no-measure", "--device", "cpu")) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_too_small_a_memory_budget_is_a_clear_error(tiny_dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tiny_dataset.parent / "PLAN.json"
+    assert main(_plan(tiny_dataset, out, "--no-measure", "--device", "cpu", "--memory-mb", "1")) == 2
+    assert "too small" in capsys.readouterr().err and not out.exists()
