@@ -100,19 +100,39 @@ def test_junction_pick_finds_the_junction_where_maps_differ() -> None:
     assert s == 1 and abs(r - 100) <= 2 and abs(c - 150) <= 2
 
 
-def test_eval_brain_dicom_from_the_series(shared_data: Path, tmp_path: Path) -> None:
+def test_eval_brain_dicom_cross_validates_by_patient(shared_data: Path, tmp_path: Path) -> None:
+    """Leave-one-patient-out on the four studies with two sequences, a tiny network and a few seconds per model:
+    every held-out study is scored on its own grid, the post-processing is chosen on the folds, the final model
+    is trained on all studies and its overlay says how to use it."""
+    from monai_unet.networks import UNet
+
     data = shared_data / "brain_tumor_progression_dicom"
-    tiny = ["max_epochs=1", "epoch_length=2", "val_interval=5", "num_workers=0"]
-    eval_brain_dicom.main(["--data", str(data), "--out-dir", str(tmp_path), "--set", *tiny])
-    result = json.loads((tmp_path / "results.json").read_text())
-    # the held-out patient's two studies, never a study of the training patient
-    studies = result["test_studies"]
-    assert sorted(studies) == sorted(str(p.relative_to(data)) for p in (data / "PGBM-003").iterdir())
-    assert result["iterations"] == 2
-    assert all(r["mask_voxels"] > 0 for r in studies.values())
-    assert result["tumour_dice"] == pytest.approx(np.mean([r["tumour_dice"] for r in studies.values()]))
-    # scored on each series' own grid (280 x 320 and 512 x 512 pixels), not the resampled training grid
-    assert sorted(sorted(r["grid"]) for r in studies.values()) == [[22, 280, 320], [24, 512, 512]]
-    for bad in ("PGBM", "PGBM-009"):  # all studies (none left to train) or none
-        with pytest.raises(SystemExit, match="some but not all"):
-            eval_brain_dicom.main(["--data", str(data), "--out-dir", str(tmp_path), "--test-study", bad])
+    plan = json.loads((REPO / "bundles" / "unet3d_volume" / "configs" / "brain_tumor_progression.json").read_text())
+    plan["features"] = [2, 4, 8, 16]
+    net = UNet(3, 2, 2, features=plan["features"], kernel_size=plan["kernel_size"], strides=plan["strides"])
+    plan["tile_size"] = [r.first + r.step for r in net.axis_rules]
+    plan["infer_tile_size"] = [r.first + 16 * r.step if r.step > 1 else 40 for r in net.axis_rules]
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text(json.dumps(plan))
+    out = tmp_path / "cv"
+    tiny = ["epoch_length=2", "num_workers=0"]
+    args = ["--data", str(data), "--plan", str(plan_path), "--out-dir", str(out), "--channel-sets", "T1post,FLAIR"]
+    eval_brain_dicom.main([*args, "--budget-min", "0.05", "--set", *tiny])
+    result = json.loads((out / "results.json").read_text())["sets"]["T1post+FLAIR"]
+    assert len(result["folds"]) == 2
+    for fold in result["folds"]:  # each fold holds out one patient's two studies and trains on the other's
+        held = {Path(s).parent.name for s in fold["studies"]}
+        trained = {Path(s).parent.name for s in fold["train"]}
+        assert len(fold["studies"]) == 2 and len(held) == 1 and held.isdisjoint(trained)
+        assert 1 <= fold["iterations"] <= 2
+        for r in fold["studies"].values():
+            assert r["mask_voxels"] > 0 and 0.0 <= r["dice"] <= 1.0
+    scores = [r for f in result["folds"] for r in f["studies"].values()]
+    assert result["mean_dice"] == pytest.approx(np.mean([r["dice"] for r in scores]))
+    assert result["keep_largest_component"] == (result["mean_dice_largest_component"] > result["mean_dice"])
+    final = json.loads(Path(result["final"]["overlay"]).read_text())
+    assert final["keep_largest_component"] == result["keep_largest_component"]
+    assert final["in_channels"] == 2 and list(final["channels"]) == ["T1post", "FLAIR"]
+    assert result["final"]["kind"] == "all" and Path(result["final"]["weights"][0]).is_file()
+    with pytest.raises(SystemExit, match="go together"):
+        eval_brain_dicom.main([*args, "--train", str(data)])
