@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -339,9 +340,10 @@ def volume_datalist(
     """
     root = _require_dir(dataset_dir, "Volume dataset")
     dataset_json = root / "dataset.json"
+    nnunet_v2 = (root / "imagesTr").is_dir() and (root / "labelsTr").is_dir()
+    if dataset_json.is_file() and nnunet_v2 and "training" not in json.loads(dataset_json.read_text()):
+        dataset_json = root / ".no-list"  # nnU-Net v2's dataset.json lists no cases: the folders do
     if dataset_json.is_file():
-        import json
-
         from monai.data import load_decathlon_datalist
 
         sections = json.loads(dataset_json.read_text())

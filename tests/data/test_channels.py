@@ -103,3 +103,20 @@ def test_channel_options_override_the_bundle_patterns() -> None:
         parse_channel_options(["DWI=*dwi*"], FOUR)
     with pytest.raises(ValueError, match="NAME=PATTERN"):
         parse_channel_options(["FLAIR"], FOUR)
+
+
+def test_an_nnunet_v2_dataset_json_does_not_hide_the_case_folders(tmp_path: Path) -> None:
+    """nnU-Net v2's dataset.json has channel names and labels but no list of cases: the folders are read."""
+    import json
+
+    (tmp_path / "imagesTr").mkdir()
+    (tmp_path / "labelsTr").mkdir()
+    for c in range(2):
+        nib.save(
+            nib.Nifti1Image(np.zeros((4, 4, 2), np.float32), np.eye(4)), tmp_path / "imagesTr" / f"a_{c:04d}.nii.gz"
+        )
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 2), np.uint8), np.eye(4)), tmp_path / "labelsTr" / "a.nii.gz")
+    meta = {"channel_names": {"0": "T1", "1": "FLAIR"}, "labels": {"background": 0, "tumour": 1}, "numTraining": 1}
+    (tmp_path / "dataset.json").write_text(json.dumps(meta))
+    items = volume_datalist(tmp_path, channels={"T1": "*", "FLAIR": "*"})
+    assert [len(i["image"]) for i in items] == [2]
