@@ -131,10 +131,8 @@ def nnunet_case_channels(
     known = set(cases) if cases is not None else None
     grouped: dict[str, dict[int, Path]] = {}
     for stem, path in files.items():
-        m = _NNUNET_CHANNEL.match(stem)
-        if m and (known is None or (stem not in known and m["case"] in known)):
-            case, index = m["case"], int(m["index"])
-        else:
+        case, index = split_channel_name(stem)
+        if index is None or (known is not None and (stem in known or case not in known)):
             case, index = stem, 0
         if index in grouped.setdefault(case, {}):
             raise ChannelError(f"Case {case!r} has two files for channel {index}: {grouped[case][index]} and {path}.")

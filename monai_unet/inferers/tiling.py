@@ -32,6 +32,7 @@ __all__ = [
     "plan_tiles",
     "reflect_indices",
     "size_rules_of",
+    "unet_size_rules",
 ]
 
 # tile starts of a valid network without size attributes are aligned to this (exact for depth <= 5)
@@ -114,6 +115,30 @@ def _levels(value: object, dims: int) -> tuple[tuple[int, ...], ...] | None:
         return None
 
 
+def unet_size_rules(
+    kernel_size: Sequence[Sequence[int]],
+    strides: Sequence[Sequence[int]],
+    features: Sequence[int] | None,
+    in_channels: int | None,
+    out_channels: int | None,
+    padding: str = "valid",
+) -> SizeRules:
+    """The size rules of a monai-unet UNet with these per-level, per-axis kernels and strides, without building it
+    (what :func:`size_rules_of` reads from a built one; the planner asks it of networks it only considers)."""
+    dims = len(kernel_size[0])
+    axes = tuple(AxisRule(tuple(k[a] for k in kernel_size), tuple(s[a] for s in strides), padding) for a in range(dims))
+    return SizeRules(
+        spatial_dims=dims,
+        halo=tuple(r.halo for r in axes),
+        axes=axes,
+        padding=padding,
+        align=tuple(r.step for r in axes),
+        features=tuple(int(f) for f in features) if features is not None else None,
+        in_channels=in_channels,
+        out_channels=out_channels,
+    )
+
+
 def size_rules_of(network: object, halo: int | Sequence[int] | None = None) -> SizeRules:
     """Read a network's size rules: a monai-unet UNet (also TorchScript-scripted, or wrapped by DDP) has
     ``n_pool``/``padding``/``spatial_dims`` attributes (and ``kernel_size``/``strides`` per level); anything else
@@ -126,26 +151,18 @@ def size_rules_of(network: object, halo: int | Sequence[int] | None = None) -> S
     if isinstance(depth, int) and padding in ("valid", "same") and dims in (2, 3):
         kernels = _levels(getattr(net, "kernel_size", None), dims) or ((3,) * dims,) * (depth + 1)
         strides = _levels(getattr(net, "strides", None), dims) or ((1,) * dims,) + ((2,) * dims,) * depth
-        axes = tuple(AxisRule(tuple(k[a] for k in kernels), tuple(s[a] for s in strides), padding) for a in range(dims))
-        own = tuple(r.halo for r in axes)
+        feats = getattr(net, "features", None)
+        rules = unet_size_rules(
+            kernels, strides, feats, getattr(net, "in_channels", None), getattr(net, "out_channels", None), padding
+        )
         if halo is not None:
             given = per_axis(halo, dims, "halo")
-            if given != own:
+            if given != rules.halo:
                 raise ValueError(
-                    f"halo={given} was given, but the network's size rules say its halo is {own}; "
+                    f"halo={given} was given, but the network's size rules say its halo is {rules.halo}; "
                     "leave halo unset for a monai-unet UNet."
                 )
-        feats = getattr(net, "features", None)
-        return SizeRules(
-            spatial_dims=dims,
-            halo=own,
-            axes=axes,
-            padding=padding,
-            align=tuple(r.step for r in axes),
-            features=tuple(int(f) for f in feats) if feats is not None else None,
-            in_channels=getattr(net, "in_channels", None),
-            out_channels=getattr(net, "out_channels", None),
-        )
+        return rules
     if halo is None:
         return SizeRules(spatial_dims=None, halo=None)
     if isinstance(halo, int):

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from monai_unet.inferers.tiling import SizeRules
+from monai_unet.inferers.tiling import SizeRules, unet_size_rules
 
 __all__ = [
     "StepMeasurement",
@@ -64,25 +64,12 @@ def size_rules_for(
     padding: str = "valid",
 ) -> SizeRules:
     """The :class:`~monai_unet.inferers.tiling.SizeRules` of a UNet with these settings, without building it."""
-    from monai_unet.networks.sizes import AxisRule
-
-    dims = len(kernel_size[0])
-    axes = tuple(AxisRule(tuple(k[a] for k in kernel_size), tuple(s[a] for s in strides), padding) for a in range(dims))
-    return SizeRules(
-        spatial_dims=dims,
-        halo=tuple(r.halo for r in axes),
-        axes=axes,
-        padding=padding,
-        align=tuple(r.step for r in axes),
-        features=tuple(int(f) for f in features),
-        in_channels=in_channels,
-        out_channels=out_channels,
-    )
+    return unet_size_rules(kernel_size, strides, features, in_channels, out_channels, padding)
 
 
 def _parameters(rules: SizeRules) -> int:
     assert rules.axes is not None and rules.features is not None
-    feats, dims = rules.features, len(rules.axes)
+    feats = rules.features
     kernels = [math.prod(r.kernels[level] for r in rules.axes) for level in range(len(feats))]
     strides = [math.prod(r.strides[level] for r in rules.axes) for level in range(len(feats))]
     total, c = 0, rules.in_channels or 1
@@ -92,7 +79,6 @@ def _parameters(rules: SizeRules) -> int:
     for level in range(len(feats) - 1):
         f = feats[level]
         total += strides[level + 1] * feats[level + 1] * f + kernels[level] * (2 * f * f + f * f)
-    del dims
     return total + feats[0] * (rules.out_channels or 1)
 
 
