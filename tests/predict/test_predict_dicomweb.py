@@ -93,3 +93,44 @@ def test_store_to_needs_dicom_seg_and_a_selector_is_required(runners, pacs: dict
         )
     with pytest.raises(ValueError, match="not the whole PACS"):
         run(runners, tmp_path / "o2", pacs["url"], DicomWebOptions())
+
+
+def test_a_two_sequence_study_from_the_pacs_is_one_input(
+    pacs: dict, orthanc: Orthanc, shared_data: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """With a bundle of two named channels, the retrieved study is matched by SeriesDescription and segmented as
+    one input, and its SEG goes back referencing the first channel's series."""
+    import torch
+
+    from monai_unet.predict.runner import BundleRunner
+
+    monkeypatch.setenv(PASSWORD_ENV, orthanc.users[USER])
+    study = next((shared_data / "brain_tumor_progression_dicom" / "PGBM-003").glob("03-29-1995*"))
+    orthanc.upload([next(study.glob("*-FLAIRreg-*"))])
+    overrides = {
+        "features": [4, 8, 16],
+        "network_def#in_channels": 2,
+        "channels": {"T1post": "*T1post*", "FLAIR": "*FLAIR*"},
+    }
+    from monai.bundle import ConfigParser
+
+    from monai_unet.bundles import bundle_config, find_bundle
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle_config(find_bundle("unet3d_volume"), "inference")))
+    for k, v in overrides.items():
+        parser[k] = v
+    torch.manual_seed(0)
+    ckpt = tmp_path / "two.pt"
+    torch.save(parser.get_parsed_content("network_def").state_dict(), ckpt)
+    runner = BundleRunner("unet3d_volume", checkpoint=ckpt, device="cpu", overrides=overrides)
+    store = tmp_path / "seg_store"
+    options = DicomWebOptions(study=pacs["study"], user=USER)
+    results = predict(
+        "unet3d_volume", [pacs["url"]], store, runner=runner, dicom_seg=True, progress=False,
+        stream=io.StringIO(), dicomweb=options,
+    )  # fmt: skip
+    assert [r.status for r in results] == ["done"], [r.reason for r in results]
+    assert results[0].key == f"{orthanc.dicomweb}#{pacs['study']}"  # the study, not one of its series
+    seg = next(p for p in results[0].outputs if p.suffix == ".dcm")
+    assert pydicom.dcmread(seg).ReferencedSeriesSequence[0].SeriesInstanceUID == pacs["t1"]
