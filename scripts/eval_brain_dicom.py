@@ -6,9 +6,10 @@ each with T1prereg, T1post, T2reg, FLAIRreg and a MaskTumor series on one grid) 
 1. **Cross-validation grouped by patient** (leave-one-patient-out with this data; ``--folds K`` groups patients
    into K folds): each fold trains ``bundles/unet3d_volume`` through its configs (``train.json`` + the plan +
    this run's overlay) on the other patients' studies within ``--budget-min`` minutes of wall clock
-   (``monai_unet.handlers.TimeLimit``; the poly learning-rate schedule is sized from the plan's measured step
-   time), segments each held-out study straight from its DICOM folder with ``monai_unet.predict`` (the CLI's code
-   path, the label map on the study's own grid) and scores tumour Dice against its mask series, voxel for voxel.
+   (``monai_unet.handlers.TimeLimit``, which also decays the learning rate over the wall clock: nnU-Net's poly
+   schedule in time), segments each held-out study straight from its DICOM folder with ``monai_unet.predict``
+   (the CLI's code path, the label map on the study's own grid) and scores tumour Dice against its mask
+   series, voxel for voxel.
    The fold's last weights are scored (no held-out study chooses anything).
 2. **Post-processing chosen on the cross-validation**: keep the largest connected component of the tumour, or not,
    whichever gives the higher mean cross-validation Dice; written into the overlay the final model is used with.
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -143,14 +143,6 @@ def overlay_for(plan: dict, channels: dict[str, str], extra: dict) -> dict:
     return out
 
 
-def iterations_for(plan: dict, budget_s: float, batch_default: int = 1) -> int:
-    """Training iterations that fit ``budget_s`` at the plan's measured step time (``plan_info``), for the poly
-    schedule; the time limit stops training if the machine is slower."""
-    info = plan.get("plan_info") or {}
-    step = (info.get("measured") or {}).get("step_seconds") or 2.0  # without a measurement: the time limit decides
-    return max(1, int(budget_s / float(step)))
-
-
 def train_and_score(
     name: str,
     train: Sequence[Path],
@@ -174,12 +166,11 @@ def train_and_score(
     # the test studies are the (never run) validation set of the bundle: training decides nothing on them
     ordered = find_studies([data])
     val = [i for i, s in enumerate(ordered) if any(s.name == t.name and s.parent.name == t.parent.name for t in test)]
-    epoch_length = int(overrides.get("epoch_length", overlay.get("epoch_length", 40)))
-    iterations = iterations_for(overlay, budget_s)
     settings = {
         "val_indices": val or [0],
         "val_interval": 10**6,
-        "max_epochs": max(1, math.ceil(iterations / epoch_length)),
+        # the budget decides: TimeLimit stops training and decays the learning rate over the wall clock
+        "max_epochs": 10**6,
         "time_limit_s": budget_s,
         **overrides,
     }

@@ -115,7 +115,7 @@ def test_eval_brain_dicom_cross_validates_by_patient(shared_data: Path, tmp_path
     plan_path = tmp_path / "plan.json"
     plan_path.write_text(json.dumps(plan))
     out = tmp_path / "cv"
-    tiny = ["epoch_length=2", "num_workers=0"]
+    tiny = ["epoch_length=2", "max_epochs=1", "num_workers=0"]
     args = ["--data", str(data), "--plan", str(plan_path), "--out-dir", str(out), "--channel-sets", "T1post,FLAIR"]
     eval_brain_dicom.main([*args, "--budget-min", "0.05", "--set", *tiny])
     result = json.loads((out / "results.json").read_text())["sets"]["T1post+FLAIR"]
