@@ -165,6 +165,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             base_features=args.base_features,
             max_features=args.max_features,
             max_pools=args.max_pools,
+            target_spacing=args.target_spacing,
         )
         plan = make_plan(
             args.bundle,
@@ -272,6 +273,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-features", type=int, default=None, help="channels of the top level (CPU 8, CUDA 32)")
     p.add_argument("--max-features", type=int, default=None, help="cap of the channels per level (CPU 128, CUDA 320)")
     p.add_argument("--max-pools", type=int, default=5, help="the most poolings along one axis (default 5)")
+    p.add_argument(
+        "--target-spacing",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="MM",
+        help="plan for this spacing (mm per axis, the bundle's axis order) instead of nnU-Net's median rule; "
+        "coarser spacing widens the receptive field in mm and speeds up each step (nnU-Net's "
+        "-overwrite_target_spacing)",
+    )
     p.add_argument("--device", default=None, help="plan for and time on this device (default: cuda if present)")
     p.add_argument("--no-measure", action="store_true", help="do not time training steps of the planned network")
     p.add_argument("--overwrite", action="store_true", help="replace an existing plan file")

@@ -69,6 +69,8 @@ class PlanOptions:
         base_features, max_features: channels of the top level, and the cap (doubling per level).
         device: where the plan is for and where the step is timed.
         min_feature_map, max_pools: the topology rule's minimum feature map and its depth cap.
+        target_spacing: the spacing to plan for instead of nnU-Net's rule (its ``-overwrite_target_spacing``),
+            one value per spatial axis in the bundle's axis order; ``None``: the rule decides.
     """
 
     memory_mb: int
@@ -77,6 +79,7 @@ class PlanOptions:
     device: str
     min_feature_map: int = 4
     max_pools: int = 5
+    target_spacing: list[float] | None = None
 
     @classmethod
     def for_device(
@@ -244,6 +247,13 @@ def make_plan(
     reasons: dict[str, str] = {}
 
     spacing, reasons["target_spacing"] = target_spacing(fp.spacings, fp.shapes)
+    if options.target_spacing is not None:
+        given = tuple(float(v) for v in options.target_spacing)
+        if len(given) != dims or min(given) <= 0:
+            raise PlanError(f"--target-spacing needs {dims} positive values (mm, one per axis), got {list(given)}.")
+        rule = reasons["target_spacing"]
+        reasons["target_spacing"] = f"{_fmt(given)} mm as given (--target-spacing; the rule: {rule})"
+        spacing = given
     shapes = [[max(1, round(n * s / t)) for n, s, t in zip(c.shape, c.spacing, spacing)] for c in fp.cases]
     median = [round(float(v)) for v in np.median(shapes, axis=0)]
     largest = [int(v) for v in np.max(shapes, axis=0)]

@@ -72,3 +72,17 @@ def test_too_small_a_memory_budget_is_a_clear_error(tiny_dataset: Path, capsys: 
     out = tiny_dataset.parent / "PLAN.json"
     assert main(_plan(tiny_dataset, out, "--no-measure", "--device", "cpu", "--memory-mb", "1")) == 2
     assert "too small" in capsys.readouterr().err and not out.exists()
+
+
+def test_given_target_spacing_replaces_the_rule(tiny_dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tiny_dataset.parent / "PLAN.json"
+    args = _plan(tiny_dataset, out, "--no-measure", "--device", "cpu", "--memory-mb", "256")
+    assert main(args) == 0
+    ruled = json.loads(out.read_text())
+    coarse = [2 * s for s in ruled["target_spacing"]]
+    assert main([*args, "--overwrite", "--target-spacing", *map(str, coarse)]) == 0
+    plan = json.loads(out.read_text())
+    assert plan["target_spacing"] == coarse and plan["plan_info"]["options"]["target_spacing"] == coarse
+    assert "as given (--target-spacing" in plan["plan_info"]["reasons"]["target_spacing"]
+    assert main([*args, "--overwrite", "--target-spacing", "1", "2"]) == 2
+    assert "needs 3 positive values" in capsys.readouterr().err
