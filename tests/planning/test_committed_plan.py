@@ -45,5 +45,9 @@ def test_committed_brain_plan_is_reproduced() -> None:
             plan["plan_info"].pop(key, None)
     assert _differences(committed, fresh) == []
     # the committed plan's table of choices, as the docs describe it
-    assert committed["target_spacing"] == [0.6875, 0.6875, 6.5]
-    assert [k[2] for k in committed["kernel_size"][:3]] == [1, 1, 1]
+    # planned for 1.375 mm in-plane (--target-spacing, recorded in the options): twice the median spacing, for a
+    # receptive field wider than the largest tumour and a step the 45-minute CPU budget affords
+    assert committed["plan_info"]["options"]["target_spacing"] == [1.375, 1.375, 6.5]
+    assert committed["target_spacing"] == [1.375, 1.375, 6.5]
+    assert [k[2] for k in committed["kernel_size"]] == [1, 1, 3, 3]
+    assert committed["strides"][-1] == [2, 2, 2] and committed["tile_size"] == [220, 220, 40]
