@@ -36,8 +36,9 @@ from monai_unet.predict.runner import BundleRunner, InputError
 __all__ = ["finished_parts", "is_large_tiff", "predict_2d", "predict_volume", "tiff_pages"]
 
 
-def _check_dims(path: Path, spatial_dims: int) -> None:
-    """Raise :class:`InputError` when a volume file's header has more than ``spatial_dims`` non-trivial axes."""
+def _check_dims(path: Path, spatial_dims: int, channels: int = 1, names: Sequence[str] = ()) -> None:
+    """Raise :class:`InputError` when a volume file's header has more than ``spatial_dims`` non-trivial axes; for a
+    bundle with ``channels`` > 1 inputs one more axis of that length holds them (a 4D NIfTI, MSD style)."""
     from monai_unet.io.formats import read_image_information
 
     try:
@@ -46,6 +47,14 @@ def _check_dims(path: Path, spatial_dims: int) -> None:
         raise InputError(str(e).removeprefix(f"{path}: ")) from e
     shape = (*size, components) if components > 1 else size
     extra = [s for s in shape[spatial_dims:] if s != 1]
+    if channels > 1 and extra == [channels]:
+        return
+    if channels > 1 and len(extra) == 1:
+        named = f" ({', '.join(names)})" if len(names) == channels else ""
+        raise InputError(
+            f"image is 4D (shape {tuple(shape)}): {extra[0]} channels along its last axis, but the bundle takes "
+            f"{channels}{named}; stack exactly those, in that order, or give one file per channel (CASE_0000 ...)."
+        )
     if extra:
         fix = (
             "split the time/channel axis into separate volumes first"
@@ -159,7 +168,7 @@ def predict_volume(runner: BundleRunner, item: InputItem, outs: list[Path], opti
     if item.channels:
         return _predict_channels(runner, item, outs, options)
     if item.kind != "dicom":
-        _check_dims(item.path, runner.spatial_dims)
+        _check_dims(item.path, runner.spatial_dims, runner.in_channels, list(runner.channels or {}))
         img = _load_volume(runner, item, str(item.path), None)
         runner.check(img, item.key)
         return _segment_volume(runner, img, outs, options, None)

@@ -131,3 +131,28 @@ def test_cli_takes_config_overlays_and_channel_patterns(checkpoint: Path, shared
     assert main([*args, *bad]) == 1
     # a channel the bundle does not have: nothing runs (exit 2)
     assert main([*args, "--channel", "DWI=*dwi*", "--input", str(study), "--output", str(tmp_path / "x")]) == 2
+
+
+def test_a_4d_nifti_holds_the_channels(runner, tmp_path: Path) -> None:
+    """MSD style: one file (X, Y, Z, C) is one input and gives the label of the same channels as separate files;
+    a 4D file with another channel count fails naming both counts."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    aff = oblique_affine()
+    a, b = smooth_volume((40, 36, 12)), smooth_volume((40, 36, 12), seed=1)
+    nib.save(nib.Nifti1Image(np.stack([a, b], axis=-1), aff), folder / "stacked.nii.gz")
+    nib.save(nib.Nifti1Image(np.stack([a, b, a], axis=-1), aff), folder / "three.nii.gz")
+    split = tmp_path / "split"
+    split.mkdir()
+    nib.save(nib.Nifti1Image(a, aff), split / "same_0000.nii.gz")
+    nib.save(nib.Nifti1Image(b, aff), split / "same_0001.nii.gz")
+    results, _ = run(runner, [folder, split], tmp_path / "out")
+    by_key = {Path(r.key).name.removesuffix(".nii.gz"): r for r in results}
+    assert by_key["stacked"].status == "done", by_key["stacked"].reason
+    out = nib.load(by_key["stacked"].outputs[0])
+    assert out.shape == (40, 36, 12)
+    np.testing.assert_allclose(out.affine, aff, atol=1e-4)
+    same = nib.load(by_key["same"].outputs[0])
+    np.testing.assert_array_equal(np.asarray(out.dataobj), np.asarray(same.dataobj))
+    assert by_key["three"].status == "failed"
+    assert "3 channels along its last axis, but the bundle takes 2 (T1post, FLAIR)" in by_key["three"].reason
