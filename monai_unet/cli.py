@@ -214,6 +214,12 @@ def _cmd_label(args: argparse.Namespace) -> int:
             raise SystemExit(f"monai-unet label: --model {pair!r} is not of the form NAME=CHECKPOINT.")
         name, path = pair.split("=", 1)
         weights[name] = path
+    overlays: dict[str, list[str]] = {}
+    for pair in args.config:
+        if "=" not in pair:
+            raise SystemExit(f"monai-unet label: --config {pair!r} is not of the form NAME=OVERLAY.json.")
+        name, path = pair.split("=", 1)
+        overlays.setdefault(name, []).extend([path] if path else [])
     conf = parse_overrides(args.conf)
     try:
         start_server(
@@ -225,6 +231,7 @@ def _cmd_label(args: argparse.Namespace) -> int:
             weights=weights,
             conf={k: json.dumps(v) if not isinstance(v, str) else v for k, v in conf.items()},
             log_level=args.log_level,
+            overlays=overlays,
         )
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"monai-unet label: {e}") from None
@@ -420,6 +427,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--models", default="all", help="all, or comma-separated bundle names to serve")
     p.add_argument("--model", action="append", default=[], metavar="NAME=CHECKPOINT", help="weights to serve")
+    p.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="NAME=OVERLAY",
+        help="config overlay the weights were trained with (a plan, final_overlay.json), merged over the bundle's "
+        "configs and kept with them (NAME= for none); see docs/label_multichannel.md",
+    )
     p.add_argument("--conf", nargs="*", default=[], metavar="KEY=VALUE", help="MONAI Label app settings")
     p.add_argument("--log-level", default="info", help="server log level")
     p.set_defaults(func=_cmd_label)

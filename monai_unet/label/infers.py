@@ -9,7 +9,12 @@ add:
   left out, and the 2D result loses its channel axis so that it is written as a 2D image like its input.
 - Results are written as ``uint8`` (PNG needs it; Slicer reads labelmaps of any integer type).
 - One request at a time per model: the parsed bundle config and the cached network are shared state.
-- Each request checks that the image has the model's dimension and says which model to use otherwise.
+- Each request checks that the image has the model's dimension and says which model to use otherwise, and that a
+  volume has the model's input channels (``in_channels``, named by ``channels``): a multi-sequence model takes a 4D
+  NIfTI ``(X, Y, Z, C)`` whose 4th dimension holds the channels in the model's order (MSD/BraTS style), loaded
+  channel first ``(C, X, Y, Z)`` by the bundle's ``LoadImaged``; its label is written as a 3D volume on the image's
+  grid. An image that does not fit raises :class:`~monai_unet.predict.runner.InputError`, which the app answers
+  with HTTP 422 and the message (see :mod:`monai_unet.label.main`).
 - A 2D image that 3D Slicer uploaded (a single-slice NIfTI/NRRD volume, not a PNG) is read with the reader its
   file needs, and its label is written as a single-slice volume with the image's geometry.
 """
@@ -26,7 +31,8 @@ from monai.transforms import Lambdad, LoadImaged, SaveImaged, SqueezeDimd
 from monailabel.tasks.infer.bundle import BundleInferTask
 from monailabel.transform.pre import LoadImageTensord
 
-from monai_unet.label.transforms import TWO_D_SUFFIXES, image_spatial_dims
+from monai_unet.label.transforms import TWO_D_SUFFIXES, image_channels, image_spatial_dims
+from monai_unet.predict.runner import InputError
 
 __all__ = ["UNetInferTask"]
 
@@ -90,19 +96,55 @@ class UNetInferTask(BundleInferTask):
         self._lock = threading.Lock()
         # the 2D bundle's only Lambdad turns classes into ISBI file values; MONAI Label wants the classes
         super().__init__(path, conf, post_filter=[SaveImaged, Lambdad], load_strict=True, **kwargs)
+        self.in_channels, self.channel_names = 1, ["channel 0"]
+        if self.is_valid():
+            config = self.bundle_config
+            if "in_channels" in config:
+                self.in_channels = int(config.get_parsed_content("in_channels"))
+            names = list(config.get("channels") or {})
+            self.channel_names = (
+                names if len(names) == self.in_channels else [f"channel {i}" for i in range(self.in_channels)]
+            )
+            if self.in_channels > 1:
+                self.description = (
+                    f"{self.description} Input: a 4D NIfTI (X, Y, Z, {self.in_channels}) of the registered "
+                    f"sequences {', '.join(self.channel_names)}, in this order."
+                )
 
     def __call__(self, request: dict[str, Any], callbacks: dict | None = None) -> tuple[str | None, dict]:
-        """Run one request (serialised per model); checks the image's dimension first."""
+        """Run one request (serialised per model); checks the image's dimension and channels first.
+
+        Raises:
+            InputError: the image has another dimension or another number of channels than the model takes.
+        """
         image = request.get("image")
         if isinstance(image, str):
-            dims = image_spatial_dims(image)
-            if dims != self.dimension:
-                raise ValueError(
-                    f"{image} is a {dims}D image but model {Path(self.bundle_path).name} segments {self.dimension}D "
-                    f"images: use the {'unet2d_membrane' if dims == 2 else 'unet3d_volume'} model."
-                )
+            self.check_image(image)
         with self._lock:
             return super().__call__(request, callbacks)
+
+    def check_image(self, image: str) -> None:
+        """Raise :class:`InputError` unless the file (from its header) has the model's dimension and channels."""
+        name = Path(self.bundle_path).name
+        dims = image_spatial_dims(image)
+        if dims != self.dimension:
+            raise InputError(
+                f"{image} is a {dims}D image but model {name} segments {self.dimension}D images: use the "
+                f"{'unet2d_membrane' if dims == 2 else 'unet3d_volume'} model."
+            )
+        if self.dimension != 3:
+            return
+        found = image_channels(image)
+        if found != self.in_channels:
+            wanted = ", ".join(self.channel_names)
+            form = (
+                f"a 4D NIfTI (X, Y, Z, {self.in_channels}) holding them in this order (docs/label_multichannel.md)"
+                if self.in_channels > 1
+                else "a single-channel volume"
+            )
+            raise InputError(
+                f"{image} has {found} channel(s) but model {name} takes {self.in_channels}: {wanted}; give {form}."
+            )
 
     def pre_transforms(self, data: dict[str, Any] | None = None) -> Sequence[Callable]:
         """The bundle's pre-processing, with MONAI Label's ``image_path`` kept out of the way of ``Spacingd``.

@@ -11,6 +11,9 @@ Settings (``--conf KEY VALUE`` of ``monailabel start_server``; ``monai-unet labe
 - ``dicomweb_filter``, ``dicomweb_user``, ``dicomweb_cache``, ``dicomweb_cache_expiry``, ``dicomweb_retries``,
   ``dicomweb_backoff``: for a DICOMweb ``--studies`` URL, see :mod:`monai_unet.label.datastore`.
 
+An image a model cannot segment (another dimension, another number of channels) is answered with HTTP 422 and a
+message naming the image and what the model takes, which the client shows (not a bare "Internal Server Error").
+
 Nothing is downloaded: no model zoo, no SAM weights. A bundle with no ``models/model.pt`` yet is served with the
 network's initial weights (seeded, written once) so that it can be trained from the datastore's labels; its
 results mean nothing until then, and the app logs a warning saying so.
@@ -60,6 +63,17 @@ class MonaiUnetApp(MONAILabelApp):
             description=f"The original U-Net (Ronneberger et al. 2015), bundles {', '.join(self.bundles)}",
             version=__version__,
         )
+
+    def infer(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
+        """MONAI Label's inference; an image the model cannot segment is answered with HTTP 422 and the reason."""
+        from fastapi import HTTPException
+
+        from monai_unet.predict.runner import InputError
+
+        try:
+            return super().infer(request, datastore)
+        except InputError as e:
+            raise HTTPException(status_code=422, detail=str(e)) from e
 
     def init_remote_datastore(self) -> Datastore:
         """A DICOMweb ``--studies`` URL: :class:`~monai_unet.label.datastore.UNetDICOMWebDatastore` (XNAT, DSA:

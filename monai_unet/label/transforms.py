@@ -19,7 +19,7 @@ from monai.transforms import LoadImage, MapTransform
 from monai_unet.data.labels import isbi_membrane_label
 from monai_unet.io.formats import STUDY_SUFFIXES_2D, VOLUME_SUFFIXES, read_image_information, suffix_of
 
-__all__ = ["TWO_D_SUFFIXES", "LoadImage2Dd", "image_spatial_dims", "membrane_classes"]
+__all__ = ["TWO_D_SUFFIXES", "LoadImage2Dd", "image_channels", "image_spatial_dims", "membrane_classes"]
 
 TWO_D_SUFFIXES = STUDY_SUFFIXES_2D
 
@@ -42,6 +42,19 @@ def image_spatial_dims(path: str | Path) -> int:
         raise ValueError(f"{path}: unknown image type; give PNG/TIFF/JPEG (2D) or NIfTI/NRRD/MHA (3D) files.")
     shape, _ = read_image_information(path)
     return 2 if len(shape) < 3 or shape[2] == 1 else 3
+
+
+def image_channels(path: str | Path) -> int:
+    """Number of channels of a volume file from its header: the 4th dimension of a 4D NIfTI (MSD/BraTS style,
+    ``(X, Y, Z, C)``), the components of a vector image, 1 for a plain volume or a folder (one DICOM series).
+
+    Raises:
+        ValueError: the header cannot be read.
+    """
+    if Path(path).is_dir():
+        return 1
+    shape, components = read_image_information(path)
+    return (shape[3] if len(shape) > 3 else 1) * components
 
 
 def membrane_classes(label: NdarrayOrTensor) -> NdarrayOrTensor:

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -90,7 +91,7 @@ def _make_studies(folder: Path, shared_data: Path) -> None:
 class Server:
     """The ``monai-unet label`` process, its folders and a way to stop it."""
 
-    def __init__(self, root: Path, studies: Path) -> None:
+    def __init__(self, root: Path, studies: Path, args: Sequence[str] = ()) -> None:
         self.studies = studies
         self.app_dir = root / "app"
         self.log_path = root / "server.log"
@@ -99,7 +100,7 @@ class Server:
         self.results = root / "results"
         self.results.mkdir()
         cmd = [sys.executable, "-m", "monai_unet.cli", "label", "--studies", str(studies)]
-        cmd += ["--app-dir", str(self.app_dir), "--port", str(self.port), "--log-level", "warning"]
+        cmd += ["--app-dir", str(self.app_dir), "--port", str(self.port), "--log-level", "warning", *args]
         self._log = open(self.log_path, "wb")  # closed in stop()
         offline = root / "offline"
         offline.mkdir()
