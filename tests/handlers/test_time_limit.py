@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import torch
-
 from ignite.engine import Engine, Events
 
 from monai_unet.handlers import TimeLimit
@@ -40,7 +40,7 @@ def test_learning_rate_decays_over_the_wall_clock() -> None:
     engine.run(range(10), max_epochs=1000)
     assert limit.stopped_at is not None and len(seen) == limit.stopped_at
     assert abs(seen[0] - 0.1) < 0.01  # starts at the initial rate
-    assert all(a >= b for a, b in zip(seen, seen[1:]))  # never rises
+    assert all(a >= b for a, b in itertools.pairwise(seen))  # never rises
     assert seen[-1] < 0.03  # near the end of the budget, near zero (0.1 * (1 - t/T) ** 0.9)
 
 
