@@ -135,6 +135,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             large_threshold=args.large_threshold,
             large_format=args.large_format,
             large_memory_mb=args.large_memory_mb,
+            dask=args.dask,
             progress=not args.no_progress,
             overrides=parse_overrides(args.set),
         )
@@ -395,15 +396,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--large-format",
-        choices=("ome-tiff", "zarr"),
+        choices=("ome-tiff", "ome-zarr", "zarr"),
         default="ome-tiff",
-        help="output of large TIFFs (default ome-tiff)",
+        help="output of large images: ome-tiff (pyramidal *_seg.ome.tif, default) or ome-zarr (NGFF labels, "
+        "*_seg.ome.zarr; zarr is the same)",
     )
     p.add_argument(
         "--large-memory-mb",
         type=int,
         default=192,
-        help="large TIFFs: cap tiles so their activations fit this many MiB (0: the bundle's tile size)",
+        help="large images: the tile is measured for speed among those whose activations fit this many MiB "
+        "(0: the bundle's tile size)",
+    )
+    p.add_argument(
+        "--dask",
+        default=None,
+        metavar="ADDRESS",
+        help="run on a Dask cluster: a scheduler address (tcp://host:8786) or local / local:N (N worker processes); "
+        "the blocks of large images and the other inputs spread over its workers (docs/large_images.md)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="bundle config overrides")

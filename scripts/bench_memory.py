@@ -2,8 +2,9 @@
 
 For each size (default 4096, 8192, 16384 px square) a tiled uint8 TIFF is written tile by tile (never whole in
 memory) and segmented by ``monai-unet predict --large-threshold 0`` in a subprocess (lazy reading, per-tile
-preprocessing, tile-wise output to zarr, streamed into an OME-TIFF). The child's peak RSS (``os.wait4``) and wall
-time are reported, beside the RSS of a child that only imports the same modules (the fixed cost). Then:
+preprocessing, blocks into a resumable OME-Zarr store whose chunks become the pyramidal OME-TIFF). The child's
+peak RSS (``os.wait4``) and wall time are reported, beside the RSS of a child that only imports the same modules
+(the fixed cost). Then:
 
 - crop check: the bundle's in-memory inference (``BundleRunner``) on a crop of the largest image equals the tiled
   output on that crop's interior (away from the crop's mirrored borders by the network's halo); every 512 tile of
@@ -123,8 +124,8 @@ def crop_check(
         block = np.asarray(zarr.open(tf.aszarr(), mode="r")[off : off + crop, off : off + crop])
     res = runner.run(MetaTensor(torch.from_numpy(block.T[None].astype(np.float32))))
     ours = np.asarray(res["pred"][0]).T.astype(np.uint8)
-    with tifffile.TiffFile(output) as tf:
-        tiled = zarr.open(tf.aszarr(), mode="r")[off : off + crop, off : off + crop]
+    with tifffile.TiffFile(output) as tf:  # the full-resolution level of the pyramidal OME-TIFF
+        tiled = zarr.open(tf.aszarr(series=0, level=0), mode="r")[off : off + crop, off : off + crop]
     m = halo
     same = float((ours[m:-m, m:-m] == np.asarray(tiled)[m:-m, m:-m]).mean())
     return same, halo

@@ -405,12 +405,13 @@ class OverlapTileInferer(Inferer):
         tile_search: how the tile is chosen when ``tile_size`` is ``None``, among the valid tiles within the memory
             budget: ``"flops"`` takes the one with (within 3%) the fewest FLOPs over the image
             (:func:`~monai_unet.inferers.tile_choice.auto_tile_size`); ``"measure"`` first times a ladder of
-            tiles on this device and leaves out tiles larger than the fastest per output pixel
-            (:func:`~monai_unet.inferers.tile_choice.speed_cap`, cached per network architecture, device, dtype
-            and threads for the process); ``"auto"`` (default) measures as far as the timing costs at most the
-            FLOPs of this inference (small images: FLOPs alone; the next image goes on from there). On a CPU the
-            fewest FLOPs are not the fastest: large tiles outgrow the cache. Whatever the tile, the result is
-            the same to float rounding.
+            tiles on this device (:func:`~monai_unet.inferers.tile_choice.speed_cap`, cached per network
+            architecture, device, dtype and threads for the process) and takes the tile of least FLOPs times
+            measured seconds per FLOP, up to one rung past the fastest per output pixel; ``"auto"`` (default)
+            measures as far as the timing costs at most the FLOPs of this inference (small images: FLOPs alone;
+            the next image goes on from there; tiles larger than those timed are not trusted). On a CPU the fewest
+            FLOPs are not the fastest: large tiles outgrow the cache. Whatever the tile, the result is the same to
+            float rounding.
         channels_last: run the network with its convolution weights and the tiles in channels-last memory format
             (the weights are converted for the call and the original tensors put back after); ``None`` (default):
             on a CPU, where oneDNN runs it about 1.3-1.4x faster. The results agree to float rounding.

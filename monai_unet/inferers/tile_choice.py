@@ -7,23 +7,27 @@ to a 828 tile, 65 GFLOP/s at 1212, so 1212 costs 1.6x more time per output pixel
 run at the same speed at any size. So, like ``torch.backends.cudnn.benchmark``, the default times one forward of
 a ladder of tiles (cubic where the network's axes have the same rules; for an anisotropic network each axis takes
 its largest valid size up to the rung), from small to large, until the time per output pixel gets worse
-(:func:`speed_cap`), and then takes the tile with the fewest FLOPs over the image among those no larger than the fastest
-(:func:`auto_tile_size`). The timings are kept per network architecture, device, dtype, thread count and batch
-for the life of the process, and only tiles up to the one the FLOPs pick are timed; one image's timing costs at
-most the FLOPs of its own inference (small images: FLOPs decide alone; the next image goes on where it stopped).
-Any tile gives the same result to float rounding.
+(:func:`speed_cap`). Among the tiles up to the rung after the fastest it then takes the one whose FLOPs over the
+image (its overhang included: tiles fitted to the image) times the measured seconds per FLOP at its size
+(:func:`seconds_per_flop`, interpolated between the timed tiles) is least. The timings are kept per network
+architecture, device, dtype, thread count and batch for the life of the process, and only tiles up to the one the
+FLOPs pick are timed; one image's timing costs at most the FLOPs of its own inference (small images: FLOPs decide
+alone; the next image goes on where it stopped). Where that budget ends before the time per pixel got worse, the
+tiles larger than those timed are not trusted: on a CPU the largest tile, the FLOPs' choice, is the slowest (a
+1536^2 image in a new process took a 1724 tile, 1.5x the time of a 700 one). Any tile gives the same result to
+float rounding.
 """
 
 from __future__ import annotations
 
-import contextlib
+import itertools
 import math
 import os
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
-from torch.utils import benchmark
 
 from monai_unet.inferers.tiling import (
     SizeRules,
@@ -40,6 +44,7 @@ __all__ = [
     "choose_tile_size",
     "clear_tile_timings",
     "default_memory_budget",
+    "seconds_per_flop",
     "speed_cap",
     "speed_ladder",
     "tile_candidates",
@@ -208,24 +213,33 @@ def _speed_key(network: Any, device: torch.device, dtype: torch.dtype, batch: in
     return (arch, name, str(dtype), threads, batch)
 
 
+TIMING_FORWARDS = 2
+"""Forwards one timing costs (:func:`time_forward`), what :func:`speed_cap` budgets for it."""
+
+
 def time_forward(
     network: Callable, tile: tuple[int, ...], channels: int, device: torch.device, dtype: torch.dtype, batch: int
 ) -> float:
-    """Seconds of one forward of ``batch`` tiles, by :class:`torch.utils.benchmark.Timer` on this thread count:
-    ``timeit(1)`` runs two untimed forwards (allocation, kernel choice) and times the third, synchronising the
-    accelerator around it; so a timing costs three forwards, what :func:`speed_cap` budgets for it.
+    """Seconds of one forward of ``batch`` tiles: one untimed forward (allocation, kernel choice: oneDNN creates its
+    primitives, cuDNN picks its algorithms), then one timed, the accelerator synchronised around it; so a timing
+    costs :data:`TIMING_FORWARDS` forwards.
 
     The input comes from a private generator, so timing does not move the global random state.
     """
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randn((batch, channels, *tile), generator=gen, device=device, dtype=dtype)
-    timer = benchmark.Timer(
-        stmt="network(x)", globals={"network": network, "x": x}, num_threads=torch.get_num_threads()
-    )
-    # the Timer synchronises the current accelerator: make it this one
-    on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-    with torch.no_grad(), on_device:
-        return timer.timeit(number=1).raw_times[0]
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    with torch.no_grad():
+        network(x)
+        sync()
+        t0 = time.perf_counter()
+        network(x)
+        sync()
+        return time.perf_counter() - t0
 
 
 def _out_pixels(rules: SizeRules, tile: Sequence[int]) -> int:
@@ -283,8 +297,7 @@ def speed_cap(
     it is timed as the last rung, after the tiles timed for earlier images below it.
 
     ``max_flops``: timing stops before it would cost more FLOPs than this (a later call goes on from there); then
-    the best tile timed is the cap if the last rung gained less than 5% on the one before, else ``None`` (larger
-    tiles are likely faster still, or too little is known).
+    the best tile timed is the cap (``None`` when none was timed): tiles larger than those timed are not trusted.
     """
     if rules.halo is None or max(rules.halo) == 0 or rules.axes is None:
         return None
@@ -303,11 +316,11 @@ def speed_cap(
 
     for t in ladder:
         if t not in table:
-            need = 3.0 * estimate_flops(rules, t) * sw_batch_size  # time_forward: two untimed forwards, one timed
+            need = TIMING_FORWARDS * estimate_flops(rules, t) * sw_batch_size
             if spent + need > allowed:
-                if len(speeds) < 2 or speeds[-1][0] < 0.95 * speeds[-2][0]:
-                    return None
-                return cap(min(speeds)[1])
+                # the rungs not timed are not trusted: the cap is the fastest timed (default_tile_size looks one
+                # rung beyond it); the largest tile of the FLOP rule is the slowest on a CPU past its caches
+                return cap(min(speeds)[1]) if speeds else None
             spent += need
             seconds = time_forward(network, t, channels, device, dtype, sw_batch_size)
             table[t] = seconds / (_out_pixels(rules, t) * sw_batch_size)
@@ -350,7 +363,32 @@ def default_tile_size(
     )
     if cap is None:
         return flop_tile
-    # a fitted tile no larger than the cap is also what fitting from a nominal tile within the cap gives
-    limit = tile_shape(rules, cap, len(spatial))
+    # the candidates up to the rung after the cap (a fitted tile no larger than that is also what fitting from a
+    # nominal tile within it gives), by their time: FLOPs times the measured seconds per FLOP at their size
+    dims = len(spatial)
+    ladder = speed_ladder(rules, dims, memory_budget, sw_batch_size)
+    limit = tile_shape(rules, min([t for t in ladder if t > cap] or [cap]), dims)
     capped = [c for c in candidates if all(t <= m for t, m in zip(c.tile, limit))]
-    return _fewest_flops(capped) if capped else flop_tile
+    if not capped:
+        return flop_tile
+    rate = seconds_per_flop(_SPEEDS.get(_speed_key(network, device, dtype, sw_batch_size), {}), rules)
+    return min(capped, key=lambda c: (c.flops * rate(c.tile), c.tile)).tile
+
+
+def seconds_per_flop(table: dict[tuple[int, ...], float], rules: SizeRules) -> Callable[[Sequence[int]], float]:
+    """The measured speed of any tile: seconds per FLOP interpolated linearly in the tile's volume between the
+    timed tiles of ``table`` (seconds per output pixel, as :func:`speed_cap` keeps them), flat beyond them."""
+    points = sorted((math.prod(t), spp * _out_pixels(rules, t) / estimate_flops(rules, t)) for t, spp in table.items())
+
+    def rate(tile: Sequence[int]) -> float:
+        if not points:
+            return 1.0
+        v = math.prod(tile)
+        if v <= points[0][0]:
+            return points[0][1]
+        for (v0, r0), (v1, r1) in itertools.pairwise(points):
+            if v <= v1:
+                return r0 + (r1 - r0) * (v - v0) / max(1, v1 - v0)
+        return points[-1][1]
+
+    return rate

@@ -14,6 +14,7 @@ __all__ = [
     "STUDY_SUFFIXES_2D",
     "TIFF_SUFFIXES",
     "VOLUME_SUFFIXES",
+    "ZARR_SUFFIXES",
     "read_image_information",
     "strip_suffix",
     "suffix_of",
@@ -24,6 +25,8 @@ VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 TIFF_SUFFIXES = (".tif", ".tiff")
 IMAGE_SUFFIXES_2D = (".png", *TIFF_SUFFIXES)
 """2D images the 2D bundle reads and ``monai-unet predict`` segments."""
+ZARR_SUFFIXES = (".ome.zarr", ".zarr")
+"""Folders ``monai-unet predict`` reads as OME-Zarr images (on its larger-than-RAM path)."""
 STUDY_SUFFIXES_2D = (*IMAGE_SUFFIXES_2D, ".jpg", ".jpeg", ".bmp")
 """2D images MONAI Label's local datastore serves (PIL reads them)."""
 

@@ -3,8 +3,9 @@
 The modules depend one way: :mod:`~monai_unet.predict.inputs` (what to segment, the options, output names) and
 :mod:`~monai_unet.predict.runner` (the bundle's ``inference.json`` run on one image) know nothing of each other;
 :mod:`~monai_unet.predict.formats` (volumes, 2D images, stacks) and :mod:`~monai_unet.predict.large_image` (the
-larger-than-RAM path) use both; :mod:`~monai_unet.predict.batch` (the loop, results, sharding, the summary,
-signals) uses all of them.
+larger-than-RAM path, with its blocks and pipeline in :mod:`~monai_unet.predict.large_blocks`) use both;
+:mod:`~monai_unet.predict.distributed` runs blocks and inputs on a Dask cluster; :mod:`~monai_unet.predict.batch`
+(the loop, results, sharding, the summary, signals) uses all of them.
 """
 
 from __future__ import annotations

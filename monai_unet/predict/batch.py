@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -38,7 +38,7 @@ from monai_unet.predict.inputs import (
     discover_inputs,
     output_paths,
 )
-from monai_unet.predict.large_image import predict_large_tiff
+from monai_unet.predict.large_image import predict_large_image
 from monai_unet.predict.runner import BundleRunner
 
 __all__ = ["Result", "Terminated", "predict", "predict_one", "resolve_shard", "shard_items"]
@@ -132,12 +132,18 @@ def prepare_output_dir(output_dir: Path) -> None:
 
 
 def predict_one(
-    runner: BundleRunner, item: InputItem, outs: list[Path], options: PredictOptions, large: bool = False
+    runner: BundleRunner,
+    item: InputItem,
+    outs: list[Path],
+    options: PredictOptions,
+    large: bool = False,
+    client: Any = None,
 ) -> list[Path]:
     """Segment one input and write its outputs ``outs`` (from :func:`output_paths`) atomically; returns what
     was written.
 
-    ``large``: a 2D TIFF to segment on the larger-than-RAM path (:func:`is_large_tiff`).
+    ``large``: a 2D image to segment on the larger-than-RAM path (:func:`is_large`); ``client``: a Dask client
+    to run its blocks on.
 
     Raises:
         Exception: anything that goes wrong, with a message naming what is wrong.
@@ -148,9 +154,64 @@ def predict_one(
         raise ValueError("empty file (0 bytes).")
     if item.kind in ("volume", "dicom"):
         return predict_volume(runner, item, outs, options)
-    if large:
-        return predict_large_tiff(runner, item, outs[0], options)
+    if large or item.kind == "ome-zarr":
+        return predict_large_image(runner, item, outs[0], options, client=client)
     return predict_2d(runner, item, outs, options)
+
+
+def is_large(item: InputItem, options: PredictOptions) -> bool:
+    """Whether ``item`` takes the larger-than-RAM path: an OME-Zarr image, or a TIFF above the size threshold."""
+    return item.kind == "ome-zarr" or (item.kind == "tiff" and is_large_tiff(item.path, options.large_threshold))
+
+
+def _is_large_safe(item: InputItem, options: PredictOptions) -> bool:
+    try:
+        return is_large(item, options)
+    except Exception:
+        return False
+
+
+def segment_item(
+    runner: BundleRunner,
+    item: InputItem,
+    output_dir: Path,
+    options: PredictOptions,
+    client: Any = None,
+    after: Callable[[Path, list[Path]], str | None] | None = None,
+) -> Result:
+    """Segment one valid input as the batch does: skipped when its outputs exist (unless ``options.overwrite``) or
+    another run holds its claim, else segmented under the claim with its warnings recorded. ``after(path, outputs)``
+    runs under the claim when it is done and may return why it failed (DICOMweb: the server refused the SEG).
+    ``client``: a Dask client for the blocks of a large image. Never raises an ``Exception``: a failure is a
+    ``"failed"`` result naming the reason."""
+    from monai_unet.io.atomic import claim
+
+    t0 = time.perf_counter()
+    try:
+        large = is_large(item, options)
+        outs = output_paths(item, output_dir, options, large=large)
+        if not options.overwrite and all(p.exists() for p in outs):
+            return Result(item.key, "skipped", outs)
+        parts = finished_parts(outs) if item.kind == "dicom" and options.allow_gaps else None
+        if not options.overwrite and parts:
+            return Result(item.key, "skipped", parts)
+        with claim(outs[0]) as holder, warnings.catch_warnings(record=True) as caught:
+            if holder is not None:  # another run (terminal, cluster job) is on it
+                return Result(item.key, "skipped", outs, reason=f"being segmented by {holder}")
+            if not options.overwrite and all(p.exists() for p in outs):
+                return Result(item.key, "skipped", outs)  # finished by it meanwhile
+            try:  # each warning names its input
+                outs = predict_one(runner, item, outs, options, large=large, client=client)
+                result = Result(item.key, "done", outs, seconds=time.perf_counter() - t0)
+                why = after(item.path, outs) if after is not None else None
+                if why:  # the outputs are kept here; the server does not have them
+                    result = Result(item.key, "failed", outs, reason=why, seconds=result.seconds)
+            except Exception as e:
+                result = Result(item.key, "failed", reason=_first_line(e), seconds=time.perf_counter() - t0)
+        result.warnings = list(dict.fromkeys(_first_line(w.message) for w in caught))
+        return result
+    except Exception as e:
+        return Result(item.key, "failed", reason=_first_line(e), seconds=time.perf_counter() - t0)
 
 
 def _table(results: Sequence[Result]) -> str:
@@ -192,6 +253,7 @@ def predict(
     tta: bool = False,
     precision: str | None = None,
     dicomweb: DicomWebOptions | None = None,
+    dask: str | None = None,
 ) -> list[Result]:
     """Segment ``inputs`` with ``bundle`` into ``output_dir``; see the module docstring.
 
@@ -216,6 +278,9 @@ def predict(
             :class:`~monai_unet.predict.runner.BundleRunner`).
         dicomweb: the selection, credentials and ``store_to`` for inputs that are DICOMweb servers
             (``dicomweb+http://HOST:8042/dicom-web``; see :mod:`monai_unet.predict.dicomweb`).
+        dask: run on a Dask cluster: a scheduler address (``tcp://host:8786``) or ``local`` / ``local:N`` (a local
+            cluster of N worker processes): inputs spread over its workers, and the blocks of each large image too
+            (:mod:`~monai_unet.predict.distributed`; needs ``monai-unet[dask]``).
         channels: the input channels' patterns, ``{name: pattern(s)}`` (default: the bundle's ``channels``); with
             more than one, a DICOM study or an nnU-Net case is one input (see
             :func:`~monai_unet.predict.inputs.group_channels`).
@@ -263,8 +328,15 @@ def predict(
         fetched = fetch_studies(urls, dicomweb, folder, whole_studies=whole, stream=stream)
         inputs = [str(i) for i in inputs if not is_dicomweb_url(i)] + fetched.inputs
     with scratch:
+        if dask:
+            from monai_unet.predict.distributed import connect
+
+            client = scratch.enter_context(connect(dask))
+            print(f"on the Dask cluster {client.scheduler.address}", file=stream)
+        else:
+            client = None
         return _predict_items(
-            runner, inputs, output_dir, naming, patterns, index, count, options, overwrite, progress, stream, fetched
+            runner, inputs, output_dir, naming, patterns, index, count, options, progress, stream, fetched, client
         )
 
 
@@ -277,15 +349,17 @@ def _predict_items(
     index: int,
     count: int,
     options: PredictOptions,
-    overwrite: bool,
     progress: bool,
     stream: TextIO,
     fetched: Fetched | None,
+    client: Any = None,
 ) -> list[Result]:
-    """The batch loop of :func:`predict` over local inputs (DICOMweb studies already retrieved into ``fetched``)."""
+    """The batch loop of :func:`predict` over local inputs (DICOMweb studies already retrieved into ``fetched``);
+    with a Dask ``client``, inputs other than large images are segmented on its workers, the blocks of large images
+    too."""
     from tqdm.auto import tqdm
 
-    from monai_unet.io.atomic import claim, clean_stale_temporaries
+    from monai_unet.io.atomic import clean_stale_temporaries
 
     items = shard_items(discover_inputs(inputs, exclude=output_dir, naming=naming, channels=patterns), index, count)
     if fetched is not None:  # retrieved studies are named by their server and UID, not the scratch folder
@@ -306,50 +380,36 @@ def _predict_items(
         for r in results:
             if r.status == "failed":
                 tqdm.write(f"FAILED {r.key}: {r.reason}", file=sys.stderr)
+    pending: dict[str, Any] = {}
+    if client is not None:  # inputs other than large images: one task each on the cluster, collected in order
+        from monai_unet.predict.distributed import prepare_workers, submit_items
+
+        prepare_workers(client, runner.spec)
+        spread = [i for i in items if i.kind != "invalid" and not _is_large_safe(i, options)]
+        pending = dict(zip((i.key for i in spread), submit_items(client, runner.spec, spread, output_dir, options)))
     bar = tqdm(items, desc="inputs", unit="input", disable=not progress, file=sys.stderr)
     try:
         for item in bar:
-            t0 = time.perf_counter()
             if item.kind == "invalid":
                 results.append(Result(item.key, "failed", reason=_first_line(item.error or "invalid input")))
                 tqdm.write(f"FAILED {item.key}: {results[-1].reason}", file=sys.stderr)
                 continue
-            try:
-                large = item.kind == "tiff" and is_large_tiff(item.path, options.large_threshold)
-                outs = output_paths(item, output_dir, options, large=large)
-                if not overwrite and all(p.exists() for p in outs):
-                    results.append(Result(item.key, "skipped", outs))
-                    continue
-                parts = finished_parts(outs) if item.kind == "dicom" and options.allow_gaps else None
-                if not overwrite and parts:
-                    results.append(Result(item.key, "skipped", parts))
-                    continue
-                with claim(outs[0]) as holder, warnings.catch_warnings(record=True) as caught:
-                    if holder is not None:  # another run (terminal, cluster job) is on it
-                        results.append(Result(item.key, "skipped", outs, reason=f"being segmented by {holder}"))
-                        continue
-                    if not overwrite and all(p.exists() for p in outs):
-                        results.append(Result(item.key, "skipped", outs))  # finished by it meanwhile
-                        continue
-                    try:  # each warning names its input
-                        outs = predict_one(runner, item, outs, options, large=large)
-                        result = Result(item.key, "done", outs, seconds=time.perf_counter() - t0)
-                        why = store_outputs(fetched, item.path, outs) if fetched is not None else None
-                        if why:  # the outputs are kept here; the server does not have them
-                            result = Result(item.key, "failed", outs, reason=why, seconds=result.seconds)
-                    except Exception as e:
-                        reason = _first_line(e)
-                        result = Result(item.key, "failed", reason=reason, seconds=time.perf_counter() - t0)
-                result.warnings = list(dict.fromkeys(_first_line(w.message) for w in caught))
-                for text in result.warnings:
-                    tqdm.write(f"WARNING {item.key}: {text}", file=sys.stderr)
-                if result.status == "failed":
-                    tqdm.write(f"FAILED {item.key}: {result.reason}", file=sys.stderr)
-                results.append(result)
-            except Exception as e:
-                reason = _first_line(e)
-                results.append(Result(item.key, "failed", reason=reason, seconds=time.perf_counter() - t0))
-                tqdm.write(f"FAILED {item.key}: {reason}", file=sys.stderr)
+            after = None if fetched is None else (lambda path, outs: store_outputs(fetched, path, outs))
+            if item.key in pending:
+                try:
+                    result = pending.pop(item.key).result()
+                except Exception as e:  # the worker died or could not build the runner
+                    result = Result(item.key, "failed", reason=_first_line(e))
+                why = after(item.path, result.outputs) if after is not None and result.status == "done" else None
+                if why:  # the outputs are kept here; the server does not have them
+                    result = Result(item.key, "failed", result.outputs, reason=why, seconds=result.seconds)
+            else:
+                result = segment_item(runner, item, output_dir, options, client=client, after=after)
+            for text in result.warnings:
+                tqdm.write(f"WARNING {item.key}: {text}", file=sys.stderr)
+            if result.status == "failed":
+                tqdm.write(f"FAILED {item.key}: {result.reason}", file=sys.stderr)
+            results.append(result)
     except KeyboardInterrupt:
         started = {r.key for r in results}
         results += [Result(it.key, "not started") for it in items if it.key not in started]

@@ -17,7 +17,8 @@ from monai.utils import look_up_option
 
 from monai_unet.data.channels import ChannelError, match_channels, split_channel_name
 from monai_unet.io.dicom import DicomSeries, find_dicom_series, looks_like_dicom, read_header
-from monai_unet.io.formats import IMAGE_SUFFIXES_2D, VOLUME_SUFFIXES, strip_suffix, suffix_of
+from monai_unet.io.formats import IMAGE_SUFFIXES_2D, VOLUME_SUFFIXES, ZARR_SUFFIXES, strip_suffix, suffix_of
+from monai_unet.io.large_image import is_ome_zarr
 
 __all__ = [
     "DEFAULT_LARGE_THRESHOLD",
@@ -30,7 +31,8 @@ __all__ = [
 ]
 
 DEFAULT_LARGE_THRESHOLD = 4096 * 4096
-LARGE_FORMATS = ("ome-tiff", "zarr")
+LARGE_FORMATS = ("ome-tiff", "ome-zarr", "zarr")
+"""Outputs of the larger-than-RAM path; ``"zarr"`` is the former name of ``"ome-zarr"``."""
 NAMINGS = ("path", "dicom")
 
 
@@ -41,10 +43,13 @@ class PredictOptions:
     Attributes:
         probabilities: also write class probabilities (``*_probs.nii.gz`` / ``*_probs.tif``).
         dicom_seg: also write a DICOM-SEG (``*_seg.dcm``) for DICOM inputs (needs highdicom).
-        large_threshold: 2D TIFFs with more pixels than this are read and written tile by tile.
-        large_format: output of the large path, ``"ome-tiff"`` or ``"zarr"``.
-        large_memory_mb: on the large path, tiles are capped so that their activations fit this many MiB
-            (``0``: the bundle's tile size); this bounds peak memory whatever the image size.
+        large_threshold: 2D TIFFs with more pixels than this are read and written tile by tile (OME-Zarr images
+            always are).
+        large_format: output of the large path: ``"ome-tiff"`` (pyramidal, ``*_seg.ome.tif``) or ``"ome-zarr"``
+            (NGFF 0.4 labels, ``*_seg.ome.zarr``; ``"zarr"`` is accepted for it).
+        large_memory_mb: on the large path, tiles are chosen as the in-memory path chooses them (measured speed)
+            among those whose activations fit this many MiB (``0``: the bundle's tile size); this bounds peak
+            memory whatever the image size.
         progress: progress bars over inputs and over the tiles of large images.
         overwrite: redo inputs whose outputs exist.
         allow_gaps: a DICOM series with a gap in its slice positions is segmented as its evenly spaced runs of
@@ -61,7 +66,8 @@ class PredictOptions:
     allow_gaps: bool = False
 
     def __post_init__(self) -> None:
-        look_up_option(self.large_format, LARGE_FORMATS)
+        fmt = look_up_option(self.large_format, LARGE_FORMATS)
+        object.__setattr__(self, "large_format", "ome-zarr" if fmt == "zarr" else fmt)
         if self.large_memory_mb < 0:
             raise ValueError(f"large_memory_mb must be >= 0 (0: the bundle's tile size), got {self.large_memory_mb}.")
 
@@ -72,7 +78,8 @@ class InputItem:
 
     Attributes:
         key: what the summary calls it (the path, plus ``#series`` for one series of a multi-series folder).
-        kind: ``"volume"``, ``"dicom"``, ``"png"``, ``"tiff"``, or ``"invalid"`` (found broken at discovery).
+        kind: ``"volume"``, ``"dicom"``, ``"png"``, ``"tiff"``, ``"ome-zarr"`` (an OME-Zarr image folder, always on
+            the larger-than-RAM path) or ``"invalid"`` (found broken at discovery).
         path: the file, or the DICOM folder.
         rel: output path relative to the output folder, without the ``_seg`` suffix and extension.
         series: the DICOM series identifier (ITK's), when the folder holds several.
@@ -93,12 +100,12 @@ class InputItem:
 
 
 INPUT_SUFFIXES = VOLUME_SUFFIXES + IMAGE_SUFFIXES_2D
-_OUTPUT_NAME = re.compile(r"_(seg|probs)\.(nii\.gz|png|tif|ome\.tif|zarr|dcm)$", re.IGNORECASE)
+_OUTPUT_NAME = re.compile(r"_(seg|probs)\.(nii\.gz|png|tif|ome\.tif|ome\.zarr|zarr|dcm)$", re.IGNORECASE)
 """The names :func:`output_paths` gives."""
 
 
 def _strip(path: Path) -> Path:
-    return path.with_name(strip_suffix(path, (*INPUT_SUFFIXES, ".dcm")))
+    return path.with_name(strip_suffix(path, (".ome.tif", ".ome.tiff", *ZARR_SUFFIXES, *INPUT_SUFFIXES, ".dcm")))
 
 
 def _safe(name: str) -> str:
@@ -106,6 +113,12 @@ def _safe(name: str) -> str:
 
 
 def _file_item(path: Path, rel: Path) -> InputItem:
+    if path.is_dir() and suffix_of(path, ZARR_SUFFIXES):
+        if is_ome_zarr(path):
+            return InputItem(str(path), "ome-zarr", path, _strip(rel))
+        return InputItem(
+            str(path), "invalid", path, _strip(rel), error=f"{path.name} is not a zarr group (no .zattrs)."
+        )
     if suffix_of(path, VOLUME_SUFFIXES):
         return InputItem(str(path), "volume", path, _strip(rel))
     s = suffix_of(path, IMAGE_SUFFIXES_2D)
@@ -164,7 +177,7 @@ def _dicom_items(folder: Path, files: list[Path], root: Path, naming: str) -> li
 
 def _common_root(paths: Sequence[Path]) -> Path | None:
     """The deepest folder holding every input (a folder input counts as itself, a file as its folder)."""
-    folders = [p if p.is_dir() else p.parent for p in paths if p.exists()]
+    folders = [p if p.is_dir() and not suffix_of(p, ZARR_SUFFIXES) else p.parent for p in paths if p.exists()]
     return Path(os.path.commonpath(folders)) if folders else None
 
 
@@ -268,8 +281,9 @@ def discover_inputs(
         return skip is not None and _OUTPUT_NAME.search(f.name) is not None and f.resolve().parent == skip
 
     for path in given:
-        root = path if path.is_dir() and len(given) == 1 else common
-        if path.is_file():
+        image_folder = path.is_dir() and suffix_of(path, ZARR_SUFFIXES) is not None
+        root = path if path.is_dir() and len(given) == 1 and not image_folder else common
+        if path.is_file() or image_folder:
             if is_output(path):
                 error = f"{path} is an output of monai-unet predict in the output folder; it is not segmented again."
                 items[str(path)] = InputItem(str(path), "invalid", path, Path(path.name), error=error)
@@ -290,6 +304,11 @@ def discover_inputs(
                 and not (skip is not None and (folder / d).resolve() == skip)
                 and not is_output(folder / d)  # a zarr output is a folder
             )
+            for d in [d for d in dirs if suffix_of(d, ZARR_SUFFIXES)]:  # an OME-Zarr image: an input, not searched
+                dirs.remove(d)
+                item = _file_item(folder / d, (folder / d).relative_to(root))
+                items.setdefault(item.key, item)
+                found += 1
             dicom = []
             for name in sorted(files):
                 f = folder / name
@@ -318,7 +337,7 @@ def discover_inputs(
     for same in groups.values():  # a.png and a.tif, a.nii and a.nii.gz: tell their outputs apart by format
         if len(same) > 1:
             for item in same:
-                tag = (suffix_of(item.path, INPUT_SUFFIXES) or "").replace(".", "")
+                tag = (suffix_of(item.path, (*INPUT_SUFFIXES, *ZARR_SUFFIXES)) or "").replace(".", "")
                 if tag:
                     item.rel = item.rel.with_name(f"{item.rel.name}_{tag}")
     owner: dict[Path, str] = {}
@@ -332,7 +351,8 @@ def discover_inputs(
 def output_paths(item: InputItem, output_dir: Path, options: PredictOptions, large: bool = False) -> list[Path]:
     """Every output ``item`` will have: the label map first, then probabilities and DICOM-SEG when asked.
 
-    ``large``: the item is a TIFF segmented on the larger-than-RAM path (one OME-TIFF or zarr output).
+    ``large``: the item is segmented on the larger-than-RAM path (one OME-TIFF or OME-Zarr output; an OME-Zarr
+    input always is).
     """
     base = output_dir / item.rel
     stem = base.name
@@ -345,8 +365,8 @@ def output_paths(item: InputItem, output_dir: Path, options: PredictOptions, lar
         return outs
     if item.kind == "png":
         outs = [base.with_name(f"{stem}_seg.png")]
-    elif item.kind == "tiff" and large:
-        ext = ".zarr" if options.large_format == "zarr" else ".ome.tif"
+    elif item.kind == "ome-zarr" or (item.kind == "tiff" and large):
+        ext = ".ome.zarr" if options.large_format in ("ome-zarr", "zarr") else ".ome.tif"
         return [base.with_name(f"{stem}_seg{ext}")]
     else:
         outs = [base.with_name(f"{stem}_seg.tif")]

@@ -1,20 +1,35 @@
-"""The larger-than-RAM path of ``monai-unet predict``: a 2D TIFF read, preprocessed, segmented and written tile by tile.
+"""The larger-than-RAM path of ``monai-unet predict``: a 2D image read, preprocessed, segmented and written block by
+block, resumable, on one machine or a Dask cluster.
 
-The TIFF is opened lazily (:func:`monai_unet.io.large_image.open_tiff_lazily`: only the tiles or strips a read
-touches are decoded). The bundle's intensity preprocessing is re-expressed per tile: transforms that need
-whole-image statistics (``ScaleIntensityd``: min and max) get them from one streaming pass over the image and
-become MONAI's own ``ScaleIntensityRange`` with those values, after which every supported transform is a pointwise
-function of the pixel, so a tile's input is exactly what the whole-image preprocessing would give for those
-pixels, and the tiled result equals in-memory inference of the bundle.
+Input: a plain or tiled TIFF, a pyramidal OME-TIFF or an OME-Zarr image, opened lazily
+(:func:`~monai_unet.io.large_image.open_large_image`: only the tiles or chunks a read touches are decoded). The
+bundle's intensity preprocessing is re-expressed per tile: transforms that need whole-image statistics
+(``ScaleIntensityd``: min and max) get them from one streaming pass over the image and become MONAI's own
+``ScaleIntensityRange`` with those values, after which every supported transform is a pointwise function of the
+pixel, so a tile's input is exactly what the whole-image preprocessing would give for those pixels.
+
+The image is cut into output blocks (:mod:`~monai_unet.predict.large_blocks`), sized from the in-memory path's
+measured tile choice within ``--large-memory-mb``; each block is one chunk of an OME-Zarr label store
+(:class:`~monai_unet.io.ome_zarr.LabelStore`) beside the output, ``.<output>.partial``, with a completion marker per
+block. A reader thread, the network and a writer thread overlap (:func:`~monai_unet.predict.large_blocks.
+run_pipeline`); a rerun after a kill computes only the blocks not marked. When all are done the pyramid and the NGFF
+metadata are added and the store becomes the output (``.ome.zarr``, renamed into place) or its encoded chunks
+become the tiles of a pyramidal OME-TIFF (``.ome.tif``, written atomically; nothing is decoded or encoded again).
+The physical pixel size goes from the input to the output. With a Dask client the blocks run on its workers
+(:mod:`~monai_unet.predict.distributed`), which write the store in parallel.
 
 Axis convention: MONAI's ``PILReader`` (the 2D bundles' reader) returns ``(W, H)`` arrays, the transpose of the
-file's ``(rows, columns)``; :class:`LazyImage` and :class:`TileSink` present that transposed view to the
-inferer and write the transposed result back, so the network sees the same orientation in both paths.
+file's ``(rows, columns)``; :class:`LazyImage` presents that transposed view to the network and the blocks are
+transposed back when written, so the network sees the same orientation in both paths.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
+import math
+import os
+import shutil
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,11 +41,12 @@ from monai_unet.predict.inputs import InputItem, PredictOptions
 from monai_unet.predict.runner import BundleRunner, InputError
 
 __all__ = [
+    "BlockJob",
     "LazyImage",
-    "TileSink",
     "limit_heap_fragmentation",
+    "partial_path",
     "pointwise_preprocessing",
-    "predict_large_tiff",
+    "predict_large_image",
     "streaming_min_max",
 ]
 
@@ -92,12 +108,21 @@ def _scale_fn(mn: float, mx: float, minv: float, maxv: float) -> Callable[[torch
     return ScaleIntensityRange(a_min=lo, a_max=hi, b_min=minv, b_max=maxv, clip=False)
 
 
-def pointwise_preprocessing(transforms: Sequence[Any], array: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+def needs_statistics(transforms: Sequence[Any]) -> bool:
+    """Whether the preprocessing needs the image's min and max (a ``ScaleIntensityd``)."""
+    from monai.transforms import ScaleIntensityd
+
+    return any(isinstance(t, ScaleIntensityd) for t in transforms)
+
+
+def pointwise_preprocessing(
+    transforms: Sequence[Any], array: Any, stats: tuple[float, float] | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """The bundle's preprocessing after loading, as one pointwise function of the pixel values.
 
-    Supported: ``ScaleIntensityd`` (min/max from one streaming pass over ``array``), ``ScaleIntensityRanged``,
-    ``EnsureTyped``/``CastToTyped`` (float dtypes). Whole-image statistics are propagated through earlier
-    transforms, which are all monotone.
+    Supported: ``ScaleIntensityd`` (min/max ``stats`` of the image, else from one streaming pass over ``array``),
+    ``ScaleIntensityRanged``, ``EnsureTyped``/``CastToTyped`` (float dtypes). Whole-image statistics are propagated
+    through earlier transforms, which are all monotone.
 
     Raises:
         ValueError: a transform that is not per-tile safe (resampling, cropping, percentiles...): the large-image
@@ -105,7 +130,6 @@ def pointwise_preprocessing(transforms: Sequence[Any], array: Any) -> Callable[[
     """
     from monai.transforms import CastToTyped, EnsureTyped, ScaleIntensityd, ScaleIntensityRanged
 
-    stats: tuple[float, float] | None = None
     fns: list[Callable[[torch.Tensor], torch.Tensor]] = []
 
     def apply_all(x: torch.Tensor) -> torch.Tensor:
@@ -155,62 +179,162 @@ class LazyImage:
         return self.fn(block).to(torch.float32).numpy()[None]
 
 
-class TileSink:
-    """A ``(C_out, W, H)`` array for :class:`~monai_unet.inferers.OverlapTileInferer`'s ``out=``.
+# ---- the blocks of one image, in one process ----------------------------------------------------------------------
 
-    Each written tile of logits goes through ``postprocess`` (``(C_out, w, h)`` tensor to ``(1, w, h)``), is
-    transposed back and stored into ``target`` (``(rows, columns)``, e.g. an on-disk zarr array).
+
+def partial_path(out: str | os.PathLike) -> Path:
+    """Where the resumable label store of output ``out`` is kept until it is complete: ``.<name>.partial``."""
+    out = Path(out)
+    return out.parent / f".{out.name}.partial"
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockJob:
+    """What a process needs to run blocks of one image (picklable: Dask workers receive it).
+
+    Attributes:
+        image: the input path; ``stats``: its (min, max) when the preprocessing needs them; ``plan``: the blocks;
+        store: the label store's folder; ``runner_spec``: how to build the bundle's runner
+        (:attr:`~monai_unet.predict.runner.BundleRunner.spec`).
     """
 
-    def __init__(self, target: Any, channels: int, postprocess: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        self.target = target
-        self.postprocess = postprocess
-        self.shape = (channels, int(target.shape[1]), int(target.shape[0]))
-        self.dtype = np.dtype(np.float32)
+    image: str
+    stats: tuple[float, float] | None
+    plan: Any  # BlockPlan
+    store: str
+    runner_spec: dict
 
-    def __setitem__(self, idx: tuple, value: np.ndarray) -> None:
-        _, sw, sh = idx
-        pred = self.postprocess(torch.as_tensor(np.asarray(value)))
+
+class BlockWorker:
+    """Runs blocks ``(i, j)`` (row and column of the block grid) of a :class:`BlockJob` in this process: the input
+    tile read and preprocessed in a reader thread, the network in the calling thread, the bundle's postprocessing
+    and the write (chunk, then completion marker) in a writer thread."""
+
+    def __init__(self, job: BlockJob, runner: BundleRunner) -> None:
+        from monai_unet.inferers.arrays import Source
+        from monai_unet.inferers.overlap_tile import _network_device_dtype
+        from monai_unet.io.large_image import open_large_image
+        from monai_unet.io.ome_zarr import LabelStore
+
+        self.job, self.runner = job, runner
+        limit_heap_fragmentation()
+        image = open_large_image(job.image)
+        fn = pointwise_preprocessing(runner.pre_transforms, image.array, job.stats)
+        self.source = Source(LazyImage(image.array, fn), dims=2)
+        self.store = LabelStore(job.store)
+        self.device = runner.device
+        self.dtype = _network_device_dtype(runner.network)[1]
+        inferer = runner.inferer
+        self.precision = str(getattr(inferer, "precision", "fp32"))
+        flag = getattr(inferer, "channels_last", None)
+        self.channels_last = self.device.type == "cpu" if flag is None else bool(flag)
+
+    def read(self, pos: tuple[int, int]) -> torch.Tensor:
+        from monai_unet.predict.large_blocks import read_tile
+
+        x = read_tile(self.source, self.job.plan, (pos[1], pos[0]), self.dtype)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def compute(self, x: torch.Tensor) -> torch.Tensor:
+        return self.runner.network(x.to(self.device, non_blocking=True)).float()
+
+    def write(self, pos: tuple[int, int], y: torch.Tensor) -> None:
+        pred = self.runner.run_tile_postprocessing(y[0])
         pred = np.asarray(pred.detach().cpu() if isinstance(pred, torch.Tensor) else pred)
-        self.target[sh, sw] = pred.reshape(pred.shape[-2:]).T.astype(self.target.dtype)
+        pred = pred.reshape(pred.shape[-2:])[self.job.plan.owned((pos[1], pos[0]))]
+        self.store.write_block(pos[0], pos[1], pred.T)
 
-    def __getitem__(self, idx: tuple) -> np.ndarray:
-        raise NotImplementedError("TileSink is write-only: use the inferer without extra overlap (overlap=0).")
+    def run(self, blocks: Sequence[tuple[int, int]], on_written: Callable[[int], None] | None = None) -> int:
+        """Run ``blocks`` through the pipeline; ``on_written(1)`` after each block is stored."""
+        from monai_unet.inferers.channels_last import channels_last_weights
+        from monai_unet.inferers.precision import autocast_for
+        from monai_unet.predict.large_blocks import run_pipeline
+
+        def write(pos: tuple[int, int], y: torch.Tensor) -> None:
+            self.write(pos, y)
+            if on_written is not None:
+                on_written(1)
+
+        net = self.runner.network
+        with torch.no_grad(), channels_last_weights(net, self.channels_last), autocast_for(self.precision, self.device):
+            return run_pipeline(blocks, self.read, self.compute, write)
 
 
-def _bounded_inferer(runner: BundleRunner, memory_mb: int, progress: bool) -> Any:
-    """A copy of the bundle's inferer with ``progress`` and, for ``memory_mb > 0``, tiles no larger than the
-    largest valid tile whose activations fit ``memory_mb`` (the result is the same for any tile size)."""
-    from monai_unet.inferers.tile_choice import choose_tile_size
+class Progress:
+    """One bar for the whole image: blocks done of all (a resumed run starts at those done before) and MP/s."""
+
+    def __init__(self, total: int, done: int, megapixels: float, enabled: bool, name: str) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, initial=done, desc=name, unit="tile", disable=not enabled, leave=False)
+        self.per_block = megapixels / max(1, total)
+        self.count, self.t0 = 0, time.perf_counter()
+
+    def update(self, n: int = 1) -> None:
+        self.count += n
+        rate = self.count * self.per_block / max(1e-9, time.perf_counter() - self.t0)
+        self.bar.set_postfix_str(f"{rate:.2f} MP/s", refresh=False)
+        self.bar.update(n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+# ---- one image, start to end ---------------------------------------------------------------------------------------
+
+
+def _stamp(path: Path) -> list:
+    st = path.stat()
+    return [str(path.resolve()), int(st.st_size), int(st.st_mtime_ns)]
+
+
+def _job_description(runner: BundleRunner, path: Path, shape: Sequence[int], stats: Any, dtype: Any) -> dict:
+    """What makes a partial store this job's own: the input, the network and its weights, the preprocessing."""
+    return {
+        "format": 1,
+        "input": _stamp(path),
+        "shape": [int(s) for s in shape],
+        "stats": list(stats) if stats is not None else None,
+        "dtype": np.dtype(dtype).str,
+        "bundle": str(runner.bundle),
+        "checkpoints": [_stamp(Path(c)) for c in runner.checkpoints],
+        "overrides": repr(sorted(runner.spec.get("overrides", {}).items())),
+        "precision": str(getattr(runner.inferer, "precision", "fp32")),
+    }
+
+
+def choose_block(runner: BundleRunner, spatial: Sequence[int], memory_mb: int) -> tuple[int, ...]:
+    """The output block (per axis of the network's view) for an image of size ``spatial``: from the in-memory
+    path's measured tile choice within ``memory_mb`` MiB of activations (``0``: the bundle's tile size, else the
+    inferer's own budget), see :func:`~monai_unet.predict.large_blocks.block_sizes`."""
+    from monai_unet.inferers.channels_last import channels_last_weights
+    from monai_unet.inferers.overlap_tile import _network_device_dtype
+    from monai_unet.inferers.precision import autocast_for
+    from monai_unet.inferers.tile_choice import default_memory_budget, default_tile_size
+    from monai_unet.inferers.tiling import per_axis, size_rules_of
+    from monai_unet.predict.large_blocks import block_sizes
+
+    net, inferer = runner.network, runner.inferer
+    rules = size_rules_of(net)
+    given = getattr(inferer, "tile_size", None)
+    if memory_mb == 0 and given is not None:
+        return block_sizes(rules, spatial, per_axis(given, len(spatial), "tile_size"))
+    budget = memory_mb * 2**20 if memory_mb > 0 else getattr(inferer, "memory_budget", None)
+    budget = budget or default_memory_budget(runner.device)
+    dtype = _network_device_dtype(net)[1]
+    flag = getattr(inferer, "channels_last", None)
+    channels_last = runner.device.type == "cpu" if flag is None else bool(flag)
+    with torch.no_grad(), channels_last_weights(net, channels_last):
+        with autocast_for(str(getattr(inferer, "precision", "fp32")), runner.device):
+            tile = default_tile_size(
+                net, rules, spatial, runner.in_channels, runner.device, dtype, int(budget),
+                tile_search=str(getattr(inferer, "tile_search", "auto")),
+            )  # fmt: skip
+    return block_sizes(rules, spatial, tile)
+
+
+def _check_runner(runner: BundleRunner) -> None:
     from monai_unet.inferers.tiling import size_rules_of
-
-    inferer = copy.copy(runner.inferer)
-    inferer.progress = progress
-    if memory_mb > 0 and hasattr(inferer, "tile_size"):
-        rules = size_rules_of(runner.network, getattr(inferer, "halo", None))
-        if rules.known:
-            cap = choose_tile_size(rules, runner.spatial_dims, memory_mb * 2**20, inferer.sw_batch_size)
-            tile = inferer.tile_size
-            if tile is None:
-                inferer.tile_size = cap
-            else:
-                tile = (tile,) * runner.spatial_dims if isinstance(tile, int) else tuple(tile)
-                inferer.tile_size = tuple(min(t, c) for t, c in zip(tile, cap))
-    return inferer
-
-
-def predict_large_tiff(runner: BundleRunner, item: InputItem, out: Path, options: PredictOptions) -> list[Path]:
-    """Segment a 2D TIFF larger than memory into ``out``: lazy tiles in, tiles out (zarr), streamed to OME-TIFF.
-
-    Preprocessing is re-expressed per tile (:func:`pointwise_preprocessing`); the postprocessing must be
-    pointwise. Tiles are capped so that their activations fit ``options.large_memory_mb`` (default 192 MiB),
-    which bounds peak memory whatever the image size. Probabilities are not written on this path.
-    """
-    import zarr
-
-    from monai_unet.io.atomic import atomic_output, scratch_path
-    from monai_unet.io.large_image import open_tiff_lazily
-    from monai_unet.io.writers import write_ome_tiff_from_array
 
     if len(runner.networks) > 1 or getattr(runner.inferer, "tta", False):
         raise InputError(
@@ -218,40 +342,87 @@ def predict_large_tiff(runner: BundleRunner, item: InputItem, out: Path, options
             "no --tta, or in memory (raise --large-threshold)."
         )
     if runner.spatial_dims != 2:
-        raise InputError(f"a 2D TIFF cannot be segmented by the {runner.spatial_dims}D bundle {runner.bundle.name}.")
+        raise InputError(f"a 2D image cannot be segmented by the {runner.spatial_dims}D bundle {runner.bundle.name}.")
+    if float(getattr(runner.inferer, "overlap", 0.0)) > 0:
+        raise ValueError("the large-image path needs the bundle's inferer with overlap=0 (disjoint output tiles).")
+    if not size_rules_of(runner.network).known:
+        raise ValueError("the large-image path needs a monai-unet UNet (its size rules choose the blocks).")
+
+
+def predict_large_image(
+    runner: BundleRunner, item: InputItem, out: Path, options: PredictOptions, client: Any = None
+) -> list[Path]:
+    """Segment a 2D image larger than memory into ``out`` (``.ome.tif`` or ``.ome.zarr``, by
+    ``options.large_format``), block by block, resuming a partial store of the same job; see the module docstring.
+
+    ``client``: a ``dask.distributed.Client`` to run the blocks on (:func:`~monai_unet.predict.distributed.
+    run_blocks`), else they run here. Probabilities are not written on this path.
+    """
+    from monai_unet.inferers.tiling import size_rules_of
+    from monai_unet.io.large_image import open_large_image
+    from monai_unet.io.ome_zarr import LabelStore
+    from monai_unet.predict.large_blocks import BlockPlan
+
+    _check_runner(runner)
     try:
-        arr = open_tiff_lazily(item.path)
-    except Exception as e:
-        raise InputError(f"cannot read the TIFF: {e}") from e
-    channels = 1 if arr.ndim == 2 else int(arr.shape[-1])
-    if arr.ndim != 2 or channels != runner.in_channels:
+        image = open_large_image(item.path)
+    except ValueError as e:
+        raise InputError(str(e).removeprefix(f"{item.path}: ")) from e
+    arr = image.array
+    channels = 1 if len(arr.shape) == 2 else int(arr.shape[-1])
+    if len(arr.shape) != 2 or channels != runner.in_channels:
         raise InputError(
             f"image of shape {tuple(arr.shape)} has {channels} channel(s); the large-image path takes "
             f"single-channel 2D images and the bundle takes {runner.in_channels}."
         )
     if min(arr.shape) < 1:
         raise InputError(f"image is empty: shape {tuple(arr.shape)}.")
-    fn = pointwise_preprocessing(runner.pre_transforms, arr)
+    stats = streaming_min_max(arr) if needs_statistics(runner.pre_transforms) else None
+    pointwise_preprocessing(runner.pre_transforms, arr, stats)  # refuses what cannot run per tile, before any work
     runner.check_pointwise_postprocessing()
-    if float(getattr(runner.inferer, "overlap", 0.0)) > 0:
-        raise ValueError("the large-image path needs the bundle's inferer with overlap=0 (disjoint output tiles).")
-    dtype = runner.output_dtype or np.uint8
-    chunks = (min(1024, arr.shape[0]), min(1024, arr.shape[1]))
-    inferer = _bounded_inferer(runner, options.large_memory_mb, options.progress)
-    limit_heap_fragmentation()
+    dtype = np.dtype(runner.output_dtype or np.uint8)
+    rows, cols = (int(s) for s in arr.shape)
+    spatial = (cols, rows)  # the network's (W, H) view
+    job = _job_description(runner, item.path, arr.shape, stats, dtype)
+    partial = partial_path(out)
+    store = LabelStore.resume(partial, job)
+    if store is None:
+        block = choose_block(runner, spatial, options.large_memory_mb)
+        store = LabelStore.create(partial, (rows, cols), (block[1], block[0]), dtype, {**job, "chunks": block})
+    plan = BlockPlan.make(size_rules_of(runner.network), spatial, (store.chunks[1], store.chunks[0]))
+    done = store.done_blocks()
+    gi, gj = store.grid
+    todo = [(i, j) for i in range(gi) for j in range(gj) if (i, j) not in done]
+    work = BlockJob(str(item.path), stats, plan, str(partial), runner.spec)
+    bar = Progress(gi * gj, len(done), rows * cols / 1e6, options.progress, item.path.name)
+    try:
+        if client is not None:
+            from monai_unet.predict.distributed import run_blocks
 
-    def run_into(store: Path) -> Any:
-        target = zarr.open_array(str(store), mode="w", shape=tuple(arr.shape), chunks=chunks, dtype=dtype)
-        sink = TileSink(target, runner.out_channels, runner.run_tile_postprocessing)
-        with torch.no_grad():
-            inferer(LazyImage(arr, fn), runner.network, out=sink)
-        return target
+            run_blocks(client, work, todo, bar.update)
+        else:
+            BlockWorker(work, runner).run(todo, bar.update)
+    finally:
+        bar.close()
+    return [_finish(store, out, options, image.pixel_size, runner.out_channels, item.path.name)]
 
-    if options.large_format == "zarr":
-        with atomic_output(out) as tmp:
-            run_into(tmp)
-        return [out]
-    with scratch_path(out.with_name(out.name.replace(".ome.tif", ".zarr"))) as tmp:
-        target = run_into(tmp)
-        write_ome_tiff_from_array(target, out)
-    return [out]
+
+def _finish(store: Any, out: Path, options: PredictOptions, pixel_size: Any, classes: int, source: str) -> Path:
+    """Pyramid and metadata into the complete store, then the output: the store renamed into place (OME-Zarr) or
+    its chunks written as a pyramidal OME-TIFF (atomically), the store removed."""
+    from monai_unet.io.ome_tiff import write_pyramidal_ome_tiff
+
+    missing = math.prod(store.grid) - len(store.done_blocks())
+    if missing:
+        raise RuntimeError(f"{missing} block(s) of {out.name} were not written; run again to finish them.")
+    store.build_pyramid()
+    store.write_metadata(pixel_size, classes, source)
+    if options.large_format == "ome-zarr":
+        store.finish()
+        if out.exists():  # the batch asked to overwrite it
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        os.replace(store.root, out)
+    else:
+        write_pyramidal_ome_tiff(store, out, pixel_size)
+        shutil.rmtree(store.root, ignore_errors=True)
+    return out

@@ -44,6 +44,12 @@ def check_device(device: str) -> None:
             )
 
 
+def _paths_spec(paths: Any) -> str | list[str] | None:
+    if paths is None or isinstance(paths, (str, os.PathLike)):
+        return None if paths is None else str(paths)
+    return [str(p) for p in paths]
+
+
 class InputError(ValueError):
     """An input that cannot be segmented by this bundle (wrong dimensionality, channels, values, size)."""
 
@@ -96,6 +102,17 @@ class BundleRunner:
         from monai_unet.bundles import find_bundle, inference_workflow
 
         self.bundle = find_bundle(bundle)
+        # how to build this runner again in another process (a Dask worker)
+        self.spec: dict[str, Any] = {
+            "bundle": str(self.bundle),
+            "checkpoint": _paths_spec(checkpoint),
+            "device": device,
+            "overrides": dict(overrides or {}),
+            "config": config,
+            "tta": tta,
+            "precision": precision,
+            "overlays": [str(o) for o in overlays],
+        }
         settings = dict(overrides or {})
         if device is not None:
             check_device(device)

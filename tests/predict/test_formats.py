@@ -144,8 +144,8 @@ def test_large_tiff_path_equals_in_memory(runners, em_inputs, tmp_path, large_fo
     results = run(runner, [em_inputs["tiled"]], tmp_path / "lazy", large_threshold=0, large_format=large_format)
     assert results[0].status == "done", results[0].reason
     expected = tifffile.imread(tmp_path / "mem" / "tiled_seg.tif")
-    if large_format == "zarr":
-        got = zarr.open_array(str(tmp_path / "lazy" / "tiled_seg.zarr"), mode="r")[:]
+    if large_format == "zarr":  # the former name of ome-zarr
+        got = zarr.open_array(str(tmp_path / "lazy" / "tiled_seg.ome.zarr" / "labels" / "segmentation" / "0"))[:]
     else:
         with tifffile.TiffFile(tmp_path / "lazy" / "tiled_seg.ome.tif") as tf:
             assert tf.is_ome and tf.pages[0].is_tiled
