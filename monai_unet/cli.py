@@ -333,8 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=("fp32", "bf16", "fp16", "auto"),
         default=None,
-        help="what the network computes in (default: the bundle's inference.json precision, fp32); auto = bf16 on "
-        "CPUs with AVX512-BF16/AMX and on CUDA, else fp32",
+        help="what the network computes in (default: the bundle's inference.json precision, fp32); auto = bf16/fp16 "
+        "only where the model's precision check (scripts/bench_precision.py --write-check, given with --config) met "
+        "the goal on this device family, else fp32",
     )
     p.add_argument(
         "--input",

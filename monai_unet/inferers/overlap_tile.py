@@ -253,6 +253,7 @@ def overlap_tile_inference(
     tile_search: str = "auto",
     channels_last: bool | None = None,
     precision: str = "fp32",
+    precision_check: Any = None,
     **kwargs: Any,
 ) -> torch.Tensor | Any:
     """Run ``network`` over ``inputs`` tile by tile with mirrored borders and stitch the outputs.
@@ -295,7 +296,7 @@ def overlap_tile_inference(
     flips = [f for r in range(dims + 1) for f in itertools.combinations(range(2, dims + 2), r)] if tta else [()]
     activation = tta_activation if tta else "none"
 
-    with channels_last_weights(network, channels_last), autocast_for(precision, sw_device):
+    with channels_last_weights(network, channels_last), autocast_for(precision, sw_device, precision_check):
         tile = _choose_tile(
             network, rules, tile_size, spatial, chans, sw_device, net_dtype, memory_budget=memory_budget,
             sw_batch_size=sw_batch_size, overlap=overlap, repeats=bsz * len(flips), tile_search=tile_search,
@@ -416,10 +417,14 @@ class OverlapTileInferer(Inferer):
             (the weights are converted for the call and the original tensors put back after); ``None`` (default):
             on a CPU, where oneDNN runs it about 1.3-1.4x faster. The results agree to float rounding.
         precision: what the network computes in: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"`` (under
-            ``torch.autocast``), or ``"auto"`` (bf16 on CPUs that compute it natively and on CUDA where supported,
-            fp16 on other GPUs, fp32 elsewhere; see :func:`~monai_unet.inferers.precision.resolve_precision`).
+            ``torch.autocast``), or ``"auto"``: a narrow type (bf16 on CPUs that compute it natively; bf16/fp16 on
+            CUDA) only where ``precision_check`` says that it met the goal for this model on this device family,
+            fp32 elsewhere, logged with the reason (see :func:`~monai_unet.inferers.precision.resolve_precision`).
             The output (logits, probabilities) is float32 in every case; tiled equals whole-image inference
             within the precision's rounding.
+        precision_check: the model's measured precision check (``scripts/bench_precision.py --write-check``: speed
+            against fp32, the share of labels changed, the task metric, per device family), which ``"auto"``
+            reads; ``None``: ``"auto"`` is fp32.
 
     Call: ``inferer(inputs, network, *args, out=None, **kwargs)`` with ``inputs`` ``(B, C, *S)`` (a tensor,
     or a lazily read array of shape ``(B, C, *S)``, ``(C, *S)`` or ``(*S)``); returns ``(B, C_out, *S)``, or
@@ -443,6 +448,7 @@ class OverlapTileInferer(Inferer):
         tile_search: str = "auto",
         channels_last: bool | None = None,
         precision: str = "fp32",
+        precision_check: Any = None,
     ) -> None:
         super().__init__()
         resolve_precision(precision, "cpu")  # a bad value fails here, not at the first image
@@ -461,6 +467,7 @@ class OverlapTileInferer(Inferer):
         self.tta = tta
         self.channels_last = channels_last
         self.precision = precision
+        self.precision_check = precision_check
 
     def __call__(
         self,
@@ -491,5 +498,6 @@ class OverlapTileInferer(Inferer):
             tile_search=self.tile_search,
             channels_last=self.channels_last,
             precision=self.precision,
+            precision_check=self.precision_check,
             **kwargs,
         )

@@ -226,6 +226,7 @@ class BlockWorker:
         self.dtype = _network_device_dtype(runner.network)[1]
         inferer = runner.inferer
         self.precision = str(getattr(inferer, "precision", "fp32"))
+        self.precision_check = getattr(inferer, "precision_check", None)
         flag = getattr(inferer, "channels_last", None)
         self.channels_last = self.device.type == "cpu" if flag is None else bool(flag)
 
@@ -256,7 +257,8 @@ class BlockWorker:
                 on_written(1)
 
         net = self.runner.network
-        with torch.no_grad(), channels_last_weights(net, self.channels_last), autocast_for(self.precision, self.device):
+        cast = autocast_for(self.precision, self.device, self.precision_check)
+        with torch.no_grad(), channels_last_weights(net, self.channels_last), cast:
             return run_pipeline(blocks, self.read, self.compute, write)
 
 
@@ -325,7 +327,9 @@ def choose_block(runner: BundleRunner, spatial: Sequence[int], memory_mb: int) -
     flag = getattr(inferer, "channels_last", None)
     channels_last = runner.device.type == "cpu" if flag is None else bool(flag)
     with torch.no_grad(), channels_last_weights(net, channels_last):
-        with autocast_for(str(getattr(inferer, "precision", "fp32")), runner.device):
+        with autocast_for(
+            str(getattr(inferer, "precision", "fp32")), runner.device, getattr(inferer, "precision_check", None)
+        ):
             tile = default_tile_size(
                 net, rules, spatial, runner.in_channels, runner.device, dtype, int(budget),
                 tile_search=str(getattr(inferer, "tile_search", "auto")),
