@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-EXTRAS=${MONAI_UNET_EXTRAS:-dev,large,dask,dicom,label,bioimageio}
+EXTRAS=${MONAI_UNET_EXTRAS:-dev,large,dask,dicom,label,bioimageio,int8}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
