@@ -25,6 +25,9 @@ Usage:
     python scripts/eval_brain_dicom.py --train S1 S2 --test S3 S4 --budget-min 10
     python scripts/eval_brain_dicom.py --budget-min 1 --set epoch_length=2   # a smoke run
 
+A rerun with the same ``--out-dir`` (after a crash or a stop) reuses every finished training (its ``trained.json``
+beside ``models/``) and trains the rest; a model trained with other settings is never reused.
+
 Writes ``<out-dir>/results.json`` (per channel set: per fold, per study Dice, wall times, the post-processing
 choice) and, per run, the bundle_root with models/, the overlay used and the predictions.
 """
@@ -143,6 +146,10 @@ def overlay_for(plan: dict, channels: dict[str, str], extra: dict) -> dict:
     return out
 
 
+def _jsonable(value: dict) -> dict:
+    return json.loads(json.dumps(value, default=str))
+
+
 def train_and_score(
     name: str,
     train: Sequence[Path],
@@ -174,20 +181,32 @@ def train_and_score(
         "time_limit_s": budget_s,
         **overrides,
     }
-    overlay_path = write_json(run_dir / "overlay.json", overlay)
-    if device is not None:
-        settings["device"] = f"$torch.device('{device}')"
-    print(f"[{name}] training on {len(train)} studies, {budget_s / 60:.1f} min budget", flush=True)
-    start = time.perf_counter()
-    run_bundle(
-        "unet3d_volume",
-        "training",
-        ["train", str(overlay_path)],
-        bundle_root=run_dir,
-        dataset_dir=str(data),
-        **settings,
-    )
-    train_seconds = time.perf_counter() - start
+    done = run_dir / "trained.json"
+    if done.is_file() and (run_dir / "models" / "model_final.pt").is_file():
+        # a rerun of the evaluation (after a crash or a stop) reuses a finished training
+        previous = json.loads(done.read_text())
+        if previous.get("overlay") != overlay or previous.get("settings") != _jsonable(settings):
+            raise SystemExit(f"{run_dir} holds a model trained with other settings: delete it or use another --out-dir")
+        overlay_path = run_dir / "overlay.json"
+        train_seconds = float(previous["train_seconds"])
+        print(f"[{name}] trained before ({done}): {train_seconds / 60:.1f} min; not trained again", flush=True)
+    else:
+        overlay_path = write_json(run_dir / "overlay.json", overlay)
+        if device is not None:
+            settings["device"] = f"$torch.device('{device}')"
+        print(f"[{name}] training on {len(train)} studies, {budget_s / 60:.1f} min budget", flush=True)
+        start = time.perf_counter()
+        run_bundle(
+            "unet3d_volume",
+            "training",
+            ["train", str(overlay_path)],
+            bundle_root=run_dir,
+            dataset_dir=str(data),
+            **settings,
+        )
+        train_seconds = time.perf_counter() - start
+        settings.pop("device", None)
+        write_json(done, {"train_seconds": train_seconds, "overlay": overlay, "settings": _jsonable(settings)})
     state = torch.load(run_dir / "models" / "checkpoint.pt", map_location="cpu", weights_only=False)
     result: dict = {
         "train": [str(s) for s in train],

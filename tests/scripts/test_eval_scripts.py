@@ -100,7 +100,9 @@ def test_junction_pick_finds_the_junction_where_maps_differ() -> None:
     assert s == 1 and abs(r - 100) <= 2 and abs(c - 150) <= 2
 
 
-def test_eval_brain_dicom_cross_validates_by_patient(shared_data: Path, tmp_path: Path) -> None:
+def test_eval_brain_dicom_cross_validates_by_patient(
+    shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Leave-one-patient-out on the four studies with two sequences, a tiny network and a few seconds per model:
     every held-out study is scored on its own grid, the post-processing is chosen on the folds, the final model
     is trained on all studies and its overlay says how to use it."""
@@ -136,3 +138,13 @@ def test_eval_brain_dicom_cross_validates_by_patient(shared_data: Path, tmp_path
     assert result["final"]["kind"] == "all" and Path(result["final"]["weights"][0]).is_file()
     with pytest.raises(SystemExit, match="go together"):
         eval_brain_dicom.main([*args, "--train", str(data)])
+    # a rerun (after a crash or a stop) scores the models already trained and trains nothing again
+    import monai_unet.bundles
+
+    monkeypatch.setattr(monai_unet.bundles, "run_bundle", lambda *a, **k: pytest.fail("trained again"))
+    eval_brain_dicom.main([*args, "--budget-min", "0.05", "--set", *tiny])
+    again = json.loads((out / "results.json").read_text())["sets"]["T1post+FLAIR"]
+    assert again["mean_dice"] == result["mean_dice"]
+    assert [f["train_seconds"] for f in again["folds"]] == [f["train_seconds"] for f in result["folds"]]
+    with pytest.raises(SystemExit, match="trained with other settings"):  # other settings never reuse a model
+        eval_brain_dicom.main([*args, "--budget-min", "0.1", "--set", *tiny])
