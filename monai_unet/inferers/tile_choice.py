@@ -4,18 +4,20 @@ A larger tile pays the halo once for more output pixels, so it costs fewer FLOPs
 16-256, depth 4: 125 kFLOP at a 572 tile, 105 at 1084). On a CPU it is not always faster: once a tile's
 activations outgrow the cache, each FLOP gets slower (``scripts/profile_tiles.py`` on 2 cores: 106-122 GFLOP/s up
 to a 828 tile, 65 GFLOP/s at 1212, so 1212 costs 1.6x more time per output pixel than 700-828), while 3D tiles
-run at the same speed at any size. So, like ``torch.backends.cudnn.benchmark``, the default times one forward of
+run at the same speed at any size. So, like ``torch.backends.cudnn.benchmark``, the default times forwards of
 a ladder of tiles (cubic where the network's axes have the same rules; for an anisotropic network each axis takes
 its largest valid size up to the rung), from small to large, until the time per output pixel gets worse
 (:func:`speed_cap`). Among the tiles up to the rung after the fastest it then takes the one whose FLOPs over the
 image (its overhang included: tiles fitted to the image) times the measured seconds per FLOP at its size
 (:func:`seconds_per_flop`, interpolated between the timed tiles) is least. The timings are kept per network
 architecture, device, dtype, thread count and batch for the life of the process, and only tiles up to the one the
-FLOPs pick are timed; one image's timing costs at most the FLOPs of its own inference (small images: FLOPs decide
-alone; the next image goes on where it stopped). Where that budget ends before the time per pixel got worse, the
-tiles larger than those timed are not trusted: on a CPU the largest tile, the FLOPs' choice, is the slowest (a
-1536^2 image in a new process took a 1724 tile, 1.5x the time of a 700 one). Any tile gives the same result to
-float rounding.
+FLOPs pick are timed. The timing of a process costs at most the FLOPs of the inferences it served so far: each image
+adds its FLOPs to a credit the timings spend, so a small first image lets FLOPs decide alone, the next ones go on
+where it stopped, and a rung dearer than one image's inference is timed once enough images have paid for it, rather
+than never (a 1024^2 image alone could not pay for the 748 rung and kept a 444 tile, 1.2x the time of 700). Where
+the credit ends before the time per pixel got worse, the tiles larger than those timed are not trusted: on a CPU
+the largest tile, the FLOPs' choice, is the slowest (a 1536^2 image in a new process took a 1724 tile, 1.5x the
+time of a 700 one). Any tile gives the same result to float rounding.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ TILE_SEARCHES = ("auto", "measure", "flops")
 
 # measured speeds: (network architecture, device, dtype, threads, batch) -> {cubic tile: seconds per output pixel}
 _SPEEDS: dict[tuple, dict[tuple[int, ...], float]] = {}
+# FLOPs of inference served but not yet spent on timing, per key of _SPEEDS (see speed_cap's max_flops)
+_CREDIT: dict[tuple, float] = {}
 
 
 class Candidate(NamedTuple):
@@ -198,8 +202,9 @@ def _fewest_flops(candidates: list[Candidate], tolerance: float = 0.03) -> tuple
 
 
 def clear_tile_timings() -> None:
-    """Forget the measured speeds (for example after changing the number of threads by hand)."""
+    """Forget the measured speeds and the timing credit (for example after changing the number of threads by hand)."""
     _SPEEDS.clear()
+    _CREDIT.clear()
 
 
 def _speed_key(network: Any, device: torch.device, dtype: torch.dtype, batch: int) -> tuple:
@@ -213,7 +218,10 @@ def _speed_key(network: Any, device: torch.device, dtype: torch.dtype, batch: in
     return (arch, name, str(dtype), threads, batch)
 
 
-TIMING_FORWARDS = 2
+TIMED_FORWARDS = 2
+"""Timed forwards per tile, the fastest kept: one alone moved by 10-15% on a shared 2-core CPU (enough to rank a
+748 tile behind a 508 one and pick a tile 10% slower than the best on a 3000^2 image)."""
+TIMING_FORWARDS = 1 + TIMED_FORWARDS
 """Forwards one timing costs (:func:`time_forward`), what :func:`speed_cap` budgets for it."""
 
 
@@ -221,8 +229,8 @@ def time_forward(
     network: Callable, tile: tuple[int, ...], channels: int, device: torch.device, dtype: torch.dtype, batch: int
 ) -> float:
     """Seconds of one forward of ``batch`` tiles: one untimed forward (allocation, kernel choice: oneDNN creates its
-    primitives, cuDNN picks its algorithms), then one timed, the accelerator synchronised around it; so a timing
-    costs :data:`TIMING_FORWARDS` forwards.
+    primitives, cuDNN picks its algorithms), then the fastest of :data:`TIMED_FORWARDS` timed, the accelerator
+    synchronised around each; so a timing costs :data:`TIMING_FORWARDS` forwards.
 
     The input comes from a private generator, so timing does not move the global random state.
     """
@@ -233,13 +241,16 @@ def time_forward(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
+    best = float("inf")
     with torch.no_grad():
         network(x)
         sync()
-        t0 = time.perf_counter()
-        network(x)
-        sync()
-        return time.perf_counter() - t0
+        for _ in range(TIMED_FORWARDS):
+            t0 = time.perf_counter()
+            network(x)
+            sync()
+            best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def _out_pixels(rules: SizeRules, tile: Sequence[int]) -> int:
@@ -296,23 +307,31 @@ def speed_cap(
     ``up_to``: the tile the FLOPs pick for an image (it may not be cubic); the ladder is cut below its volume and
     it is timed as the last rung, after the tiles timed for earlier images below it.
 
-    ``max_flops``: timing stops before it would cost more FLOPs than this (a later call goes on from there); then
-    the best tile timed is the cap (``None`` when none was timed): tiles larger than those timed are not trusted.
+    ``max_flops``: the FLOPs this call adds to the timing credit (the part of earlier calls' ``max_flops`` their
+    timings did not spend); timing stops before it would cost more than the credit (a later call goes on from
+    there, with more credit); then the best tile timed is the cap (``None`` when none was timed): tiles larger than
+    those timed are not trusted.
     """
     if rules.halo is None or max(rules.halo) == 0 or rules.axes is None:
         return None
-    table = _SPEEDS.setdefault(_speed_key(network, device, dtype, sw_batch_size), {})
+    key = _speed_key(network, device, dtype, sw_batch_size)
+    table = _SPEEDS.setdefault(key, {})
     ladder = [tile_shape(rules, t, dims) for t in speed_ladder(rules, dims, memory_budget, sw_batch_size)]
     if up_to is not None:  # the rungs below, the shapes of earlier images (timed already), and up_to itself
         last = tuple(up_to)
         below = {t for t in ladder + list(table) if math.prod(t) < math.prod(last)}
         ladder = sorted(below | {last}, key=lambda t: (math.prod(t), t))
-    allowed = float("inf") if max_flops is None else max_flops
+    allowed = float("inf") if max_flops is None else _CREDIT.get(key, 0.0) + max_flops
     spent = 0.0
     speeds: list[tuple[float, tuple[int, ...]]] = []  # (seconds per output pixel, tile) in ladder order
 
     def cap(tile: tuple[int, ...]) -> int | None:
         return None if tile == ladder[-1] else max(tile)
+
+    def done(tile: tuple[int, ...] | None) -> int | None:
+        if max_flops is not None:
+            _CREDIT[key] = allowed - spent
+        return None if tile is None else cap(tile)
 
     for t in ladder:
         if t not in table:
@@ -320,14 +339,14 @@ def speed_cap(
             if spent + need > allowed:
                 # the rungs not timed are not trusted: the cap is the fastest timed (default_tile_size looks one
                 # rung beyond it); the largest tile of the FLOP rule is the slowest on a CPU past its caches
-                return cap(min(speeds)[1]) if speeds else None
+                return done(min(speeds)[1] if speeds else None)
             spent += need
             seconds = time_forward(network, t, channels, device, dtype, sw_batch_size)
             table[t] = seconds / (_out_pixels(rules, t) * sw_batch_size)
         speeds.append((table[t], t))
         if table[t] > 1.15 * min(speeds)[0]:
-            return cap(min(speeds)[1])  # past the point where larger tiles stop paying
-    return cap(min(speeds)[1])
+            return done(min(speeds)[1])  # past the point where larger tiles stop paying
+    return done(min(speeds)[1])
 
 
 def default_tile_size(
@@ -347,7 +366,8 @@ def default_tile_size(
     """The tile :class:`~monai_unet.inferers.OverlapTileInferer` takes when none is given (see the module
     docstring): the fewest FLOPs over the image within ``memory_budget`` and, unless ``tile_search`` is
     ``"flops"``, no larger than the :func:`speed_cap`. With ``"auto"`` the timing may cost at most ``max_cost``
-    times the FLOPs of the inference it serves (``repeats``: batch x flips); ``"measure"`` times without limit.
+    times the FLOPs of the inferences it served in this process, this one included (``repeats``: batch x flips);
+    ``"measure"`` times without limit.
     """
     tile_search = check_option("tile_search", tile_search, TILE_SEARCHES)
     if tile_search == "flops" or rules.halo is None or max(rules.halo) == 0:

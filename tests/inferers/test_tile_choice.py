@@ -104,15 +104,37 @@ def test_timing_costs_at_most_the_inference(monkeypatch) -> None:
         clock.timed.clear()
         tile = default_tile_size(BIG, RULES, spatial, 1, CPU, torch.float32, tc.DEFAULT_MEMORY_BUDGET)
         work = min(c.flops for c in tc.tile_candidates(RULES, spatial, tc.DEFAULT_MEMORY_BUDGET))
-        assert sum(tc.TIMING_FORWARDS * estimate_flops(RULES, (t, t)) for t in clock.timed) <= work
+        assert timing_flops(clock.timed) <= work
         if min(spatial) >= 4000:
             assert max(tile) <= 892 and 1084 in clock.timed
-        # the next image goes on where the timing stopped, within its own FLOPs; once the knee (the first rung
-        # slower per pixel, 1084) is known, nothing more is timed
+        # the next image goes on where the timing stopped, within the FLOPs of both images; once the knee (the
+        # first rung slower per pixel, 1084) is known, nothing more is timed
         knee_known, n = 1084 in clock.timed, len(clock.timed)
         default_tile_size(BIG, RULES, spatial, 1, CPU, torch.float32, tc.DEFAULT_MEMORY_BUDGET)
-        assert sum(tc.TIMING_FORWARDS * estimate_flops(RULES, (t, t)) for t in clock.timed[n:]) <= work
+        assert timing_flops(clock.timed) <= 2 * work
         assert len(clock.timed) == n or not knee_known
+
+
+def timing_flops(timed: list[int]) -> float:
+    return sum(tc.TIMING_FORWARDS * estimate_flops(RULES, (t, t)) for t in timed)
+
+
+def test_a_rung_dearer_than_one_image_is_timed_once_images_paid_for_it(monkeypatch) -> None:
+    """A 1024^2 image alone cannot pay for timing the rungs that suit it (748 and up): the images of a process
+    add up to a credit, so a folder of them reaches the knee, and timing never costs more than the images served."""
+    clock = MeasuredClock(knee=None)
+    monkeypatch.setattr(tc, "time_forward", clock)
+    budget, spatial = tc.DEFAULT_MEMORY_BUDGET, (1024, 1024)
+    work = min(c.flops for c in tc.tile_candidates(RULES, spatial, budget))
+    ladder = tc.speed_ladder(RULES, 2, budget)
+    dearer = [t for t in ladder if tc.TIMING_FORWARDS * estimate_flops(RULES, (t, t)) > work]
+    assert dearer and dearer[0] <= 908  # the premise: one image cannot pay for a rung it needs
+    best = min(clock.seconds(spatial, c.tile) for c in tc.tile_candidates(RULES, spatial, budget))
+    for images in range(1, 11):
+        tile = default_tile_size(BIG, RULES, spatial, 1, CPU, torch.float32, budget)
+        assert timing_flops(clock.timed) <= images * work
+    assert dearer[0] in clock.timed
+    assert clock.seconds(spatial, tile) <= 1.05 * best, tile
 
 
 class MeasuredClock(FakeClock):
@@ -176,6 +198,18 @@ def test_timing_leaves_the_global_random_state() -> None:
     seconds = tc.time_forward(net, (60, 60), 1, CPU, torch.float32, 2)
     assert seconds > 0
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_timing_costs_the_forwards_budgeted_for_it() -> None:
+    """speed_cap budgets TIMING_FORWARDS forwards per timing: one warm-up, then the fastest of TIMED_FORWARDS."""
+    calls = []
+    net = make_net(2)
+    handle = net.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        tc.time_forward(net, (60, 60), 1, CPU, torch.float32, 1)
+    finally:
+        handle.remove()
+    assert len(calls) == tc.TIMING_FORWARDS == 1 + tc.TIMED_FORWARDS >= 3
 
 
 @pytest.mark.parametrize("dims", [2, 3])
