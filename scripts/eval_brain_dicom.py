@@ -230,6 +230,9 @@ def train_and_score(
         progress=False,
     )
     result["inference_seconds"] = time.perf_counter() - start
+    if len(results) != len(test):  # one segmentation per study, or the scores would pair the wrong files
+        found = ", ".join(r.key for r in results)
+        raise SystemExit(f"{len(test)} test studies gave {len(results)} segmentations ({found}): one each expected")
     for study, res in zip(test, results):
         if res.status != "done":
             raise SystemExit(f"prediction of {study} failed: {res.reason}")

@@ -188,8 +188,13 @@ def _series_name(item: InputItem) -> tuple[str, str]:
     return (item.path.name if item.series is None or item.key == str(item.path) else item.rel.name), description
 
 
-def group_channels(items: list[InputItem], channels: Mapping[str, object], naming: str = "path") -> list[InputItem]:
+def group_channels(
+    items: list[InputItem], channels: Mapping[str, object], naming: str = "path", studies_only: bool = False
+) -> list[InputItem]:
     """Group per-channel inputs into one item per study or case, for a bundle with several named channels.
+
+    ``studies_only`` (a bundle with one named channel): only DICOM studies of several series are grouped (their
+    series matched to the channel); a single series, and any volume file, stays one item as it is.
 
     - DICOM series: the series of one study folder (one folder per series below it, or several series in one
       folder) are matched to the channels by folder name or SeriesDescription
@@ -205,11 +210,14 @@ def group_channels(items: list[InputItem], channels: Mapping[str, object], namin
         if item.kind == "dicom":
             study = item.path if item.key != str(item.path) else item.path.parent
             studies.setdefault(study, []).append(item)
-        elif item.kind == "volume":
+        elif item.kind == "volume" and not studies_only:
             volumes.setdefault(item.path.parent, []).append(item)
         else:
             out.append(item)
     for study, members in studies.items():
+        if studies_only and len(members) == 1:
+            out.extend(members)
+            continue
         rel = members[0].rel.parent  # the series' outputs would go into the study's folder: the study's name
         if rel == Path("."):
             rel = Path(study.name)
@@ -329,8 +337,8 @@ def discover_inputs(
                 str(path), "invalid", path, Path(path.name), error=f"folder {path} holds no image or DICOM series."
             )
     ordered = [items[k] for k in sorted(items)]
-    if channels and len(channels) > 1:
-        ordered = group_channels(ordered, channels, naming)
+    if channels:  # one named channel: a study's series are matched to it, not each segmented on its own
+        ordered = group_channels(ordered, channels, naming, studies_only=len(channels) == 1)
     groups: dict[Path, list[InputItem]] = {}
     for item in ordered:
         groups.setdefault(item.rel, []).append(item)

@@ -87,11 +87,22 @@ def test_several_series_in_one_folder_become_several_volumes(runners, shared_dat
     assert len({i.series for i in items}) == 2
     names = sorted(i.rel.name for i in items)  # series number and description, e.g. 11_T1post, 5388_Mask_Tumor
     assert names[0] == "11_T1post" and re.fullmatch(r"\d+_Mask_?Tumor", names[1]), names
-    results = run(runners["unet3d_volume"], [mixed_folder], tmp_path / "mixed")
+    # without named channels each series is segmented on its own; the T1post series gives the same labels
+    runner = runners["unet3d_volume"]
+    named, runner.channels = runner.channels, None
+    try:
+        results = run(runner, [mixed_folder], tmp_path / "mixed")
+    finally:
+        runner.channels = named
     assert [r.status for r in results] == ["done", "done"], [r.reason for r in results]
     ref = np.asarray(nib.load(t1_results[studies(shared_data)[0]].outputs[0]).dataobj)
     same = [np.array_equal(np.asarray(nib.load(r.outputs[0]).dataobj), ref) for r in results]
-    assert sorted(same) == [False, True]  # the T1post series of the mixed folder gives the same labels
+    assert sorted(same) == [False, True]
+    # the bundle's one named channel (T1post) picks its series: the folder is one input, the mask is not segmented
+    assert named is not None and list(named) == ["T1post"]
+    (one,) = run(runner, [mixed_folder], tmp_path / "named")
+    assert one.status == "done", one.reason
+    assert np.array_equal(np.asarray(nib.load(one.outputs[0]).dataobj), ref)
 
 
 def test_compressed_series_reads_like_the_uncompressed_one(runners, shared_data, t1_results, tmp_path):
