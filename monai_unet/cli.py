@@ -167,6 +167,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             max_features=args.max_features,
             max_pools=args.max_pools,
             target_spacing=args.target_spacing,
+            configuration=args.configuration,
+            slices=args.slices,
         )
         plan = make_plan(
             args.bundle,
@@ -291,6 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
         "coarser spacing widens the receptive field in mm and speeds up each step (nnU-Net's "
         "-overwrite_target_spacing)",
     )
+    p.add_argument(
+        "--configuration",
+        choices=("3d", "2d"),
+        default="3d",
+        help="3d: nnU-Net's 3d_fullres; 2d: nnU-Net's 2d on a volume (slice by slice along the coarsest axis, "
+        "kernel 1 and no pooling along it; for strongly anisotropic data such as 6.5 mm MR slices)",
+    )
+    p.add_argument("--slices", type=int, default=4, help="with --configuration 2d: slices per training tile (4)")
     p.add_argument("--device", default=None, help="plan for and time on this device (default: cuda if present)")
     p.add_argument("--no-measure", action="store_true", help="do not time training steps of the planned network")
     p.add_argument("--overwrite", action="store_true", help="replace an existing plan file")

@@ -270,6 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--channel-sets", nargs="+", default=["all"], help="e.g. T1post T1post,FLAIR all (default all)")
     p.add_argument("--plan", type=Path, default=DEFAULT_PLAN, help="the plan (monai-unet plan) to train with")
     p.add_argument("--budget-min", type=float, default=45.0, help="training wall clock per model (default 45)")
+    p.add_argument(
+        "--learning-rate",
+        type=float,
+        default=0.01,
+        help="SGD's initial learning rate, written into each overlay (default 0.01, nnU-Net's; the bundle's 0.03 is "
+        "for its 400-iteration synthetic default)",
+    )
     p.add_argument("--final", choices=("all", "ensemble", "none"), default="all", help="the model for new patients")
     p.add_argument("--out-dir", type=Path, default=REPO / "runs" / "brain_cv")
     p.add_argument("--device", default=None)
@@ -303,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = []
         for k, held in enumerate(folds):
             train = [s for s in pool if s not in held]
-            overlay = overlay_for(plan, channels, {})
+            overlay = overlay_for(plan, channels, {"learning_rate": args.learning_rate})
             runs.append(
                 train_and_score(f"{tag}/fold{k}", train, held, overlay, out_dir, budget_s, overrides, args.device)
             )
@@ -320,7 +327,9 @@ def main(argv: list[str] | None = None) -> int:
             "cv_seconds": time.perf_counter() - start,  # this run's wall time (folds trained before count 0)
             "train_seconds_total": float(sum(r["train_seconds"] for r in runs)),  # every fold's training, reused or not
         }
-        final_overlay = overlay_for(plan, channels, {"keep_largest_component": keep})
+        final_overlay = overlay_for(
+            plan, channels, {"learning_rate": args.learning_rate, "keep_largest_component": keep}
+        )
         if args.final == "all" and args.train is None:
             final = train_and_score(f"{tag}/all", pool, [], final_overlay, out_dir, budget_s, overrides, args.device)
             entry["final"] = {"kind": "all", "weights": [final["weights"]], "train_seconds": final["train_seconds"]}

@@ -69,6 +69,7 @@ def plan_network(
     norm: bool = True,
     min_feature_map: int = 4,
     max_pools: int = 5,
+    flat: Sequence[int] = (),
 ) -> NetworkPlan:
     """The deepest network (up to the feature-map rule) with the largest training tile that fits the budget.
 
@@ -80,7 +81,7 @@ def plan_network(
         base_features, max_features: channels of the top level and the cap (doubling per level).
         in_channels, out_channels: of the network.
         norm: whether the network normalises (more memory kept for backward).
-        min_feature_map, max_pools: see :func:`~monai_unet.planning.rules.plan_topology`.
+        min_feature_map, max_pools, flat: see :func:`~monai_unet.planning.rules.plan_topology`.
 
     Raises:
         ValueError: even the smallest valid tile of the smallest network does not fit ``budget_bytes``.
@@ -89,7 +90,7 @@ def plan_network(
     median = [max(1, int(s)) for s in median_shape]
     size = list(median)
     while True:
-        topology = plan_topology(spacing, size, min_feature_map, max_pools)
+        topology = plan_topology(spacing, size, min_feature_map, max_pools, flat=flat)
         features = plan_features(topology.levels, base_features, max_features)
         rules = size_rules_for(topology.kernel_size, topology.strides, features, in_channels, out_channels)
         assert rules.axes is not None

@@ -30,6 +30,7 @@ from monai_unet.planning.budget import (
 from monai_unet.planning.fingerprint import DatasetFingerprint, PlanError, fingerprint_dataset
 from monai_unet.planning.network import plan_infer_tile, plan_network, receptive_field
 from monai_unet.planning.rules import (
+    axis_name,
     choose_batch_size,
     choose_normalization,
     foreground_oversampling,
@@ -52,6 +53,7 @@ PLAN_KEYS = (
     "infer_tile_size",
     "normalization",
     "oversample_foreground",
+    "elastic_sigma",
 )
 CPU_FEATURES = (8, 128)
 CUDA_FEATURES = (32, 320)  # nnU-Net's 3D features
@@ -71,6 +73,11 @@ class PlanOptions:
         min_feature_map, max_pools: the topology rule's minimum feature map and its depth cap.
         target_spacing: the spacing to plan for instead of nnU-Net's rule (its ``-overwrite_target_spacing``),
             one value per spatial axis in the bundle's axis order; ``None``: the rule decides.
+        configuration: ``"3d"`` (nnU-Net's ``3d_fullres``) or ``"2d"`` (nnU-Net's ``2d`` on the 3D bundle: the
+            network sees each slice on its own along the axis of the coarsest spacing: kernel 1 and no pooling
+            along it).
+        slices: with ``"2d"``, the neighbouring slices one training tile holds (each is segmented on its own;
+            they share the tile's instance normalisation, as a 2D batch shares a batch).
     """
 
     memory_mb: int
@@ -80,6 +87,8 @@ class PlanOptions:
     min_feature_map: int = 4
     max_pools: int = 5
     target_spacing: list[float] | None = None
+    configuration: str = "3d"
+    slices: int = 4
 
     @classmethod
     def for_device(
@@ -242,6 +251,12 @@ def make_plan(
     say = progress or (lambda _line: None)
     info = read_bundle(bundle)
     dims = info.spatial_dims
+    if options.configuration not in ("3d", "2d"):
+        raise PlanError(f"configuration {options.configuration!r}: use '3d' (nnU-Net's 3d_fullres) or '2d'.")
+    if options.configuration == "2d" and dims != 3:
+        raise PlanError(f"--configuration 2d plans a volume slice by slice; {info.name} is {dims}D already.")
+    if options.slices < 1:
+        raise PlanError(f"--slices {options.slices}: a tile holds at least one slice.")
     say(f"fingerprinting {dataset_dir} as {info.name} reads it")
     fp = fingerprint_dataset(dataset_dir, info.kind, info.out_channels, info.channels, progress=say)
     reasons: dict[str, str] = {}
@@ -256,6 +271,20 @@ def make_plan(
         spacing = given
     shapes = [[max(1, round(n * s / t)) for n, s, t in zip(c.shape, c.spacing, spacing)] for c in fp.cases]
     median = [round(float(v)) for v in np.median(shapes, axis=0)]
+    flat: tuple[int, ...] = ()
+    if options.configuration == "2d":
+        axis = max(range(dims), key=lambda a: (spacing[a], a))
+        flat = (axis,)
+        median[axis] = min(options.slices, median[axis])
+        configuration = (
+            f"2d (nnU-Net's 2d configuration): slice by slice along {axis_name(axis, dims)}, the axis of the "
+            f"coarsest spacing ({spacing[axis]:g} mm): kernel 1 and no pooling along it, {median[axis]} neighbouring "
+            "slices per training tile (segmented each on its own, normalised together as a 2D batch is batched); "
+            "a tile covers far less than a case, so a step costs a fraction of a 3D one and training sees many more "
+            "tiles in the same time"
+        )
+    else:
+        configuration = "3d (nnU-Net's 3d_fullres)"
     largest = [int(v) for v in np.max(shapes, axis=0)]
     dataset_voxels = float(sum(math.prod(s) for s in shapes))
     budget = options.memory_mb * MIB
@@ -276,6 +305,7 @@ def make_plan(
                 norm,
                 options.min_feature_map,
                 options.max_pools,
+                flat=flat,
             )
             new_batch, reasons["batch_size"] = choose_batch_size(reference, math.prod(net.output), dataset_voxels)
             if new_batch == batch:
@@ -360,6 +390,15 @@ def make_plan(
         "normalization": schemes,
         "oversample_foreground": share,
     }
+    # the elastic deformation's displacement per axis in voxels: the same in millimetres along every axis (5 voxels
+    # along the finest), none along a slice-by-slice axis (it would mix slices)
+    if dims == 3:  # the 2D bundle keeps the paper's 2D elastic deformation (10 pixels)
+        finest = min(s for a, s in enumerate(spacing) if a not in flat)
+        plan["elastic_sigma"] = [0.0 if a in flat else round(5.0 * finest / s, 2) for a, s in enumerate(spacing)]
+        reasons["elastic_sigma"] = (
+            f"the elastic deformation's displacement (voxels) per axis: {5.0 * finest:g} mm along every axis (5 "
+            "voxels along the finest)" + (", none along the slice-by-slice axis (it would mix slices)" if flat else "")
+        )
     if measure:
         say(f"timing training steps at tile {_fmt(net.tile)}, batch {batch} on {options.device}")
         measured = describe(_measure(info, plan, net.output, options.device), net.estimate_bytes / MIB)
@@ -370,6 +409,7 @@ def make_plan(
         "bundle": info.name,
         "dataset_dir": str(dataset_dir),
         "options": asdict(options),
+        "configuration": configuration,
         "median_shape": median,
         "largest_shape": largest,
         "output_size": list(net.output),
@@ -387,15 +427,15 @@ def make_plan(
 
 
 def _measure(info: BundleInfo, plan: Mapping[str, Any], output: tuple[int, ...], device: str) -> Any:
-    """Build the bundle's network with the plan's keys and time training steps (DiceFocal loss, SGD)."""
-    from monai.losses import DiceFocalLoss
+    """Build the bundle's network with the plan's keys and time training steps (Dice + cross-entropy, SGD)."""
+    from monai.losses import DiceCELoss
 
     parser = info.parser
     for key in ("features", "kernel_size", "strides", "in_channels", "out_channels"):
         parser[key] = plan[key]
         parser[f"network_def#{key}"] = plan[key]
     network = parser.get_parsed_content("network_def", instantiate=True)
-    loss = DiceFocalLoss(to_onehot_y=True, softmax=True, include_background=False)
+    loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
     return measure_training_steps(
         network,
         loss,

@@ -43,7 +43,7 @@ def _one(transforms: list, cls: type):
 
 def test_the_committed_plan_is_a_plain_overlay() -> None:
     plan = json.loads(BRAIN_PLAN.read_text())
-    assert set(plan) == {*PLAN_KEYS, "plan_info"}
+    assert set(plan) == {*PLAN_KEYS, "plan_info"}  # a 3D plan has every key (the 2D one no elastic_sigma)
     assert "$" not in json.dumps({k: v for k, v in plan.items() if k != "plan_info"})
     train = json.loads((CONFIGS / "train.json").read_text())
     assert all(key in train for key in PLAN_KEYS), "train.json defines a default for every plan key"

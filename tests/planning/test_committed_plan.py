@@ -49,5 +49,11 @@ def test_committed_brain_plan_is_reproduced() -> None:
     # receptive field wider than the largest tumour and a step the 45-minute CPU budget affords
     assert committed["plan_info"]["options"]["target_spacing"] == [1.375, 1.375, 6.5]
     assert committed["target_spacing"] == [1.375, 1.375, 6.5]
-    assert [k[2] for k in committed["kernel_size"]] == [1, 1, 3, 3]
-    assert committed["strides"][-1] == [2, 2, 2] and committed["tile_size"] == [220, 220, 40]
+    # nnU-Net's 2d configuration on the volume: slice by slice along z (kernel 1, never pooled), 4 slices a tile
+    assert committed["plan_info"]["options"]["configuration"] == "2d"
+    assert [k[2] for k in committed["kernel_size"]] == [1, 1, 1, 1]
+    assert [s[2] for s in committed["strides"]] == [1, 1, 1, 1] and committed["plan_info"]["halo"][2] == 0
+    assert committed["tile_size"] == [196, 204, 4] and committed["batch_size"] == 2
+    assert committed["elastic_sigma"] == [5.0, 5.0, 0.0]
+    # rare foreground (0.1%): 90% of the tiles hold tumour
+    assert committed["oversample_foreground"] == 0.85

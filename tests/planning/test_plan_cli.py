@@ -33,7 +33,7 @@ def test_plan_command_writes_the_plan_and_prints_the_table(
     info = plan["plan_info"]
     assert info["command"].startswith("monai-unet plan --bundle unet3d_volume")
     assert info["options"]["memory_mb"] == 256 and info["measured"]["step_seconds"] > 0
-    assert set(info["reasons"]) == set(PLAN_KEYS)
+    assert set(info["reasons"]) == set(PLAN_KEYS) & set(plan)
     # the plan is plain JSON of the types the configs read, and its network takes its tiles
     assert all(isinstance(v, (int, float, list)) for k, v in plan.items() if k != "plan_info")
     net = UNet(3, plan["in_channels"], plan["out_channels"], plan["features"], kernel_size=plan["kernel_size"],
@@ -86,3 +86,34 @@ def test_given_target_spacing_replaces_the_rule(tiny_dataset: Path, capsys: pyte
     assert "as given (--target-spacing" in plan["plan_info"]["reasons"]["target_spacing"]
     assert main([*args, "--overwrite", "--target-spacing", "1", "2"]) == 2
     assert "needs 3 positive values" in capsys.readouterr().err
+
+
+def test_2d_configuration_plans_slice_by_slice(tiny_dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tiny_dataset.parent / "PLAN.json"
+    args = ["--no-measure", "--device", "cpu", "--memory-mb", "256", "--configuration", "2d", "--slices", "3"]
+    assert main(_plan(tiny_dataset, out, *args)) == 0
+    plan = json.loads(out.read_text())
+    # z (4 mm, the coarsest) is the slice axis: kernel 1, never pooled, no halo, 3 slices per tile, no elastic
+    assert [k[2] for k in plan["kernel_size"]] == [1] * len(plan["kernel_size"])
+    assert [s[2] for s in plan["strides"]] == [1] * len(plan["strides"]) and plan["plan_info"]["halo"][2] == 0
+    assert plan["tile_size"][2] == 3 and plan["plan_info"]["output_size"][2] == 3
+    assert plan["elastic_sigma"][2] == 0.0 and plan["elastic_sigma"][0] > 0
+    assert plan["plan_info"]["options"]["configuration"] == "2d"
+    assert plan["plan_info"]["configuration"].startswith("2d (nnU-Net's 2d configuration): slice by slice along z")
+    net = UNet(3, plan["in_channels"], plan["out_channels"], plan["features"], kernel_size=plan["kernel_size"],
+               strides=plan["strides"])  # fmt: skip
+    assert net.is_valid_size(plan["tile_size"]) and net.is_valid_size(plan["infer_tile_size"])
+    # the 3d plan of the same data convolves across slices somewhere and has a halo along z
+    out3d = tiny_dataset.parent / "PLAN3D.json"
+    assert main(_plan(tiny_dataset, out3d, "--no-measure", "--device", "cpu", "--memory-mb", "256")) == 0
+    plan3d = json.loads(out3d.read_text())
+    assert plan3d["plan_info"]["options"]["configuration"] == "3d" and plan3d["elastic_sigma"][2] > 0
+
+
+def test_2d_configuration_of_a_2d_bundle_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "PLAN.json"
+    args = ["plan", "--bundle", "unet2d_membrane", "--dataset-dir", str(tmp_path), "--output", str(out)]
+    assert main([*args, "--no-measure", "--device", "cpu", "--configuration", "2d"]) == 2
+    err = capsys.readouterr().err
+    assert "--configuration 2d plans a volume slice by slice; unet2d_membrane is 2D already" in err
+    assert "Traceback" not in err and not out.exists()

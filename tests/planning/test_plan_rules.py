@@ -203,8 +203,10 @@ def test_mr_zscore_inside_nonzero_mask_when_skull_stripped() -> None:
 def test_oversampling_rises_when_foreground_is_rare() -> None:
     share, reason = foreground_oversampling(0.9, 0.2)
     assert share == 0.33 and "33%" in reason
-    share, reason = foreground_oversampling(0.1, 0.001)
-    assert share > 0.33 and share + (1 - share) * 0.1 >= 0.5 - 1e-9 and "0.100%" in reason
+    share, reason = foreground_oversampling(0.1, 0.02)
+    assert share > 0.33 and share + (1 - share) * 0.1 >= 0.5 - 1e-9 and "2.000%" in reason
+    share, reason = foreground_oversampling(0.1, 0.001)  # rare: 90% of the tiles hold some
+    assert share + (1 - share) * 0.1 >= 0.9 - 1e-9 and share + (1 - share) * 0.1 < 0.92 and "0.100%" in reason
     assert foreground_oversampling(0.0, 0.0)[0] == 0.5
 
 
@@ -219,3 +221,14 @@ def test_batch_is_capped_at_5_percent_of_the_dataset() -> None:
     assert choose_batch_size(12, 1000, 1e5)[0] == 5
     batch, reason = choose_batch_size(2, 500_000, 8.5e6)
     assert batch == 1 and "5%" in reason
+
+
+def test_flat_axes_are_neither_convolved_nor_pooled() -> None:
+    topo = plan_topology((1.375, 1.375, 6.5), (135, 160, 4), max_pools=3, flat=(2,))
+    assert topo.levels == 4
+    assert all(k == (3, 3, 1) for k in topo.kernel_size)
+    assert all(s[2] == 1 for s in topo.strides) and all(s[:2] == (2, 2) for s in topo.strides[1:])
+    # planned as a volume, z gets 3-wide kernels once the in-plane spacing comes near its 6.5 mm
+    assert any(k[2] == 3 for k in plan_topology((1.375, 1.375, 6.5), (135, 160, 24)).kernel_size)
+    with pytest.raises(ValueError, match="at least one"):
+        plan_topology((1.0, 1.0), (64, 64), flat=(0, 1))
