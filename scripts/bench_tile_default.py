@@ -13,6 +13,7 @@ nothing new) are reported beside it.
 
     python scripts/bench_tile_default.py                       # 1024 1536 2048 3000 4096 (about 15 min, 2 cores)
     python scripts/bench_tile_default.py --sizes 1536 --every 1
+    python scripts/bench_tile_default.py --sizes 16384 --tiles 700 748 --rounds 1 --max-calls 2   # about 30 min
 
 Exit status 1 when a size misses the goal.
 """
@@ -77,6 +78,13 @@ def main() -> int:
     p.add_argument("--every", type=int, default=1, help="time every N-th explicit candidate (1: all)")
     p.add_argument("--min-tile", type=int, default=300, help="skip explicit candidates smaller than this")
     p.add_argument("--max-calls", type=int, default=20, help="calls of the default before it is timed, at most")
+    p.add_argument(
+        "--tiles",
+        type=int,
+        nargs="+",
+        default=None,
+        help="time only these explicit tile sides (and the default's own), not the ladder (for the largest images)",
+    )
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
 
@@ -111,7 +119,10 @@ def main() -> int:
         t_default = best_seconds(default, image, net, args.rounds)
         choice_s = max(0.0, warmup - calls * t_default)
         cands = [c.tile for c in tc.tile_candidates(rules, (side, side), budget) if max(c.tile) >= args.min_tile]
-        picked = cands[:: max(1, args.every)]
+        picked = cands[:: max(1, args.every)] if args.tiles is None else [c for c in cands if c[0] in args.tiles]
+        missing = sorted(set(args.tiles or ()) - {c[0] for c in picked})
+        if missing:
+            print(f"       --tiles {missing}: not valid candidate tiles at {side}^2 (within the memory budget); skipped")
         if chosen is not None and chosen not in picked:
             picked.append(chosen)
         timings = {}

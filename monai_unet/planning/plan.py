@@ -54,6 +54,8 @@ PLAN_KEYS = (
     "normalization",
     "oversample_foreground",
     "elastic_sigma",
+    "rotate_range",
+    "scale_range",
 )
 CPU_FEATURES = (8, 128)
 CUDA_FEATURES = (32, 320)  # nnU-Net's 3D features
@@ -398,6 +400,19 @@ def make_plan(
         reasons["elastic_sigma"] = (
             f"the elastic deformation's displacement (voxels) per axis: {5.0 * finest:g} mm along every axis (5 "
             "voxels along the finest)" + (", none along the slice-by-slice axis (it would mix slices)" if flat else "")
+        )
+        # nnU-Net's rotation and scaling (probability 0.2 each): a slice-by-slice plan rotates by any angle about the
+        # slice axis and zooms in plane only; a 3D plan rotates by up to 30 degrees about every axis
+        plan["rotate_range"] = [
+            (round(math.pi, 4) if a in flat else 0.0) if flat else round(math.pi / 6, 4) for a in range(dims)
+        ]
+        plan["scale_range"] = [0.0 if a in flat else 0.3 for a in range(dims)]
+        how = "any angle about the slice-by-slice axis, none that would tilt a slice"
+        reasons["rotate_range"] = "nnU-Net's random rotation (probability 0.2): " + (
+            how if flat else "up to 30 degrees about every axis"
+        )
+        reasons["scale_range"] = "nnU-Net's random zoom (probability 0.2), 0.7-1.3x" + (
+            " in plane only" if flat else ""
         )
     if measure:
         say(f"timing training steps at tile {_fmt(net.tile)}, batch {batch} on {options.device}")

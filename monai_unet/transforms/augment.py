@@ -26,6 +26,7 @@ from monai.transforms import (
     Compose,
     Rand2DElasticd,
     RandAdjustContrastd,
+    RandAffined,
     RandFlipd,
     RandGaussianNoised,
     RandRotate90d,
@@ -104,6 +105,9 @@ def recommended_augmentations(
     rotate: bool = True,
     intensity_prob: float = 0.3,
     noise_std: float = 0.05,
+    rotate_range: Sequence[float] | float | None = None,
+    scale_range: Sequence[float] | float | None = None,
+    affine_prob: float = 0.2,
 ) -> Compose:
     """The recommended training augmentation, from MONAI transforms (one ``Compose``).
 
@@ -111,7 +115,10 @@ def recommended_augmentations(
     along every axis and 90-degree rotations in the first two axes (when they have equal sizes); the elastic
     deformation (2D: :func:`paper_elastic_2d` with a random rotation folded in when ``rotate``; 3D and more:
     :class:`RandCoarseElasticd` with per-axis ``elastic_sigma`` in voxels); on ``image_keys`` only: gamma contrast
-    (0.7-1.5), intensity scale (+-10%) and shift (+-0.1), Gaussian noise.
+    (0.7-1.5), intensity scale (+-10%) and shift (+-0.1), Gaussian noise. In 3D, ``rotate_range`` and
+    ``scale_range`` add nnU-Net's random rotation and scaling (MONAI's ``RandAffined``, mirrored borders) before
+    the elastic deformation: for a slice-by-slice (``2d``) plan, any angle about the slice axis and +-30% in
+    plane, e.g. ``rotate_range=(0, 0, 3.1416)``, ``scale_range=(0.3, 0.3, 0)``.
 
     Args:
         keys: image and label keys (labels: every key not in ``image_keys``; nearest-neighbour interpolation).
@@ -123,6 +130,9 @@ def recommended_augmentations(
         rotate: add random rotations (any angle in 2D, folded into the elastic resampling; 90-degree steps).
         intensity_prob: probability of each grey-value change.
         noise_std: maximum standard deviation of the Gaussian noise.
+        rotate_range: 3D only: rotation angles in radians about each axis, ``uniform[-r, r]`` (``None``: none).
+        scale_range: 3D only: zoom per axis, a factor ``1 + uniform[-s, s]`` (``None``: none).
+        affine_prob: probability of the rotation and scaling (nnU-Net: 0.2 each).
 
     Returns:
         ``monai.transforms.Compose`` of dictionary transforms; weight maps are best made after it, from the
@@ -153,6 +163,18 @@ def recommended_augmentations(
             )
         )
     else:
+        if any(ensure_tuple(rotate_range or 0.0)) or any(ensure_tuple(scale_range or 0.0)):
+            transforms.append(
+                RandAffined(
+                    keys=keys,
+                    prob=affine_prob,
+                    spatial_size=size,
+                    rotate_range=None if rotate_range is None else ensure_tuple_rep(rotate_range, spatial_dims),
+                    scale_range=None if scale_range is None else ensure_tuple_rep(scale_range, spatial_dims),
+                    mode=_modes(keys, image_keys, "bilinear", "nearest"),
+                    padding_mode="reflection",
+                )
+            )
         transforms.append(
             RandCoarseElasticd(
                 keys=keys,

@@ -98,6 +98,8 @@ def test_2d_configuration_plans_slice_by_slice(tiny_dataset: Path, capsys: pytes
     assert [s[2] for s in plan["strides"]] == [1] * len(plan["strides"]) and plan["plan_info"]["halo"][2] == 0
     assert plan["tile_size"][2] == 3 and plan["plan_info"]["output_size"][2] == 3
     assert plan["elastic_sigma"][2] == 0.0 and plan["elastic_sigma"][0] > 0
+    # nnU-Net's rotation about the slice axis only (any angle) and zoom in plane only: nothing tilts a slice
+    assert plan["rotate_range"] == [0.0, 0.0, 3.1416] and plan["scale_range"] == [0.3, 0.3, 0.0]
     assert plan["plan_info"]["options"]["configuration"] == "2d"
     assert plan["plan_info"]["configuration"].startswith("2d (nnU-Net's 2d configuration): slice by slice along z")
     net = UNet(3, plan["in_channels"], plan["out_channels"], plan["features"], kernel_size=plan["kernel_size"],
@@ -108,6 +110,7 @@ def test_2d_configuration_plans_slice_by_slice(tiny_dataset: Path, capsys: pytes
     assert main(_plan(tiny_dataset, out3d, "--no-measure", "--device", "cpu", "--memory-mb", "256")) == 0
     plan3d = json.loads(out3d.read_text())
     assert plan3d["plan_info"]["options"]["configuration"] == "3d" and plan3d["elastic_sigma"][2] > 0
+    assert plan3d["rotate_range"] == [0.5236] * 3 and plan3d["scale_range"] == [0.3] * 3
 
 
 def test_2d_configuration_of_a_2d_bundle_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -85,3 +85,42 @@ def test_recommended_augmentations_keep_labels_and_size(spatial_dims):
     assert set(torch.unique(a["label"]).tolist()) <= {0.0, 255.0}
     aug.set_random_state(0)
     assert torch.equal(aug(dict(data))["image"], a["image"])  # reproducible from the seed
+
+
+def test_in_plane_rotation_and_scaling_move_image_and_label_together_slice_by_slice():
+    # a 2d plan's rotation about the slice axis and in-plane zoom: labels stay labels, every slice stays its own
+    # slice (a label drawn only on slice 1 is only on slice 1 afterwards), and the image moves with the label
+    size = (40, 40, 3)
+    image = torch.zeros((1, *size))
+    image[0, 12:28, 8:20, 1] = 1.0
+    label = (image > 0.5).float()
+    aug = recommended_augmentations(
+        spatial_size=size,
+        spatial_dims=3,
+        elastic_sigma=(0.0, 0.0, 0.0),
+        elastic_prob=0.0,
+        intensity_prob=0.0,
+        rotate_range=(0.0, 0.0, 3.1416),
+        scale_range=(0.3, 0.3, 0.0),
+        affine_prob=1.0,
+    )
+    names = [type(t).__name__ for t in aug.transforms]
+    assert "RandAffined" in names
+    # what flips and 90-degree turns alone make of the label (the pipeline has both)
+    flipped_or_turned = [torch.rot90(b, k, (0, 1)) for b in (label[0], label[0].flip(0)) for k in range(4)]
+    flipped_or_turned += [x.flip(2) for x in flipped_or_turned]
+    moved = 0
+    for seed in range(4):
+        aug.set_random_state(seed)
+        out = aug({"image": image.clone(), "label": label.clone()})
+        lab, img = out["label"][0], out["image"][0]
+        assert lab.shape == size and set(torch.unique(lab).tolist()) <= {0.0, 1.0}
+        assert lab[..., 0].sum() == 0 and lab[..., 2].sum() == 0 and lab[..., 1].sum() > 50
+        assert ((img[..., 1] > 0.5) == (lab[..., 1] > 0.5)).float().mean() > 0.97
+        moved += int(not any(torch.equal(lab, x) for x in flipped_or_turned))
+    assert moved >= 2  # rotated or zoomed, not only flipped
+
+
+def test_no_affine_unless_asked():
+    aug = recommended_augmentations(spatial_size=(32, 32, 8), spatial_dims=3, elastic_sigma=4.0)
+    assert "RandAffined" not in [type(t).__name__ for t in aug.transforms]
