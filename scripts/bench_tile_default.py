@@ -122,7 +122,7 @@ def main() -> int:
         picked = cands[:: max(1, args.every)] if args.tiles is None else [c for c in cands if c[0] in args.tiles]
         missing = sorted(set(args.tiles or ()) - {c[0] for c in picked})
         if missing:
-            print(f"       --tiles {missing}: not valid candidate tiles at {side}^2 (within the memory budget); skipped")
+            print(f"       --tiles {missing}: not candidate tiles at {side}^2 (within the memory budget); skipped")
         if chosen is not None and chosen not in picked:
             picked.append(chosen)
         timings = {}
