@@ -27,6 +27,38 @@ def _size_error(size: int, axis: int, first: int, step: int, padding: str) -> st
     )
 
 
+class _SliceInstanceNorm(nn.Module):
+    """Instance normalisation of each slice on its own, for a network that never looks across slices.
+
+    A slice-by-slice network (kernel 1 and no pooling along ``axis`` at every level: nnU-Net's ``2d``
+    configuration on a volume) is a 2D network applied to each slice; normalising a 3D tile's statistics together
+    would make a slice's result depend on how many neighbours share its tile (4 in training, the whole volume in
+    inference). The parameters are those of the 3D layer it stands for (``weight``/``bias`` when affine).
+    """
+
+    def __init__(self, layer: nn.Module, axis: int) -> None:
+        super().__init__()
+        self.axis = axis
+        self.eps = float(layer.eps)
+        self.weight = layer.weight
+        self.bias = layer.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = self.axis + 2
+        moved = x.movedim(d, 1)  # (B, slices, C, ...)
+        flat = moved.flatten(0, 1)
+        out = nn.functional.instance_norm(flat, weight=self.weight, bias=self.bias, eps=self.eps)
+        return out.reshape(moved.shape).movedim(1, d)
+
+
+def _norm_layer(norm: str | tuple, spatial_dims: int, channels: int, slice_axis: int | None) -> nn.Module:
+    layer = get_norm_layer(norm, spatial_dims, channels)
+    is_instance = isinstance(layer, nn.modules.instancenorm._InstanceNorm) and not layer.track_running_stats
+    if slice_axis is not None and is_instance:
+        return _SliceInstanceNorm(layer, slice_axis)
+    return layer
+
+
 class _DoubleConv(nn.Sequential):
     """Two convolutions of ``kernel_size`` (per axis), each followed by optional normalisation and the activation."""
 
@@ -39,6 +71,7 @@ class _DoubleConv(nn.Sequential):
         norm: str | tuple | None,
         act,
         kernel_size: tuple[int, ...] = (3, 3, 3),
+        slice_axis: int | None = None,
     ) -> None:
         super().__init__()
         conv_type = Conv[Conv.CONV, spatial_dims]
@@ -49,7 +82,7 @@ class _DoubleConv(nn.Sequential):
                 f"conv{i}", conv_type(c_in, out_channels, kernel_size=kernel, padding=pad, bias=norm is None)
             )
             if norm is not None:
-                self.add_module(f"norm{i}", get_norm_layer(norm, spatial_dims, out_channels))
+                self.add_module(f"norm{i}", _norm_layer(norm, spatial_dims, out_channels, slice_axis))
             self.add_module(f"act{i}", get_act_layer(act))
 
 
@@ -68,6 +101,7 @@ class _UpBlock(nn.Module):
         act,
         kernel_size: tuple[int, ...],
         stride: tuple[int, ...],
+        slice_axis: int | None = None,
     ) -> None:
         super().__init__()
         self.spatial_dims = spatial_dims
@@ -83,7 +117,7 @@ class _UpBlock(nn.Module):
                 Conv[Conv.CONV, spatial_dims](in_channels, out_channels, kernel_size=1),
             )
         self.conv = _DoubleConv(
-            spatial_dims, out_channels * (2 if skip else 1), out_channels, padding, norm, act, kernel_size
+            spatial_dims, out_channels * (2 if skip else 1), out_channels, padding, norm, act, kernel_size, slice_axis
         )
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -120,7 +154,9 @@ class UNet(nn.Module):
         upsample: ``"deconv"`` (transposed convolution, kernel = stride) or ``"nontrainable"`` (linear
             interpolation by the stride followed by a 1x1 convolution); both keep the size rules.
         norm: ``None`` (the paper) or a MONAI norm name/tuple such as ``"batch"``, ``"instance"``,
-            ``("group", {"num_groups": 8})``.
+            ``("group", {"num_groups": 8})``. A 3D network that never looks across one axis (kernel 1 and stride 1
+            there at every level: a slice-by-slice plan) normalises instances slice by slice, as the 2D network
+            it is; its result for a slice then does not depend on the slices that share its tile.
         act: MONAI activation name/tuple, ``"relu"`` by default.
         kernel_size: the kernel of each level's two convolutions, one entry per level (``len(features)``), each an
             odd int or one per axis; ``None``: 3 everywhere (the paper). A 1-wide kernel along an axis loses
@@ -188,16 +224,22 @@ class UNet(nn.Module):
         # per-axis smallest valid size and step, for the check inside forward (TorchScript reads plain int lists)
         self.size_first = [r.first for r in self._axis_rules]
         self.size_step = [r.step for r in self._axis_rules]
+        flat = [a for a in range(spatial_dims) if all(k[a] == 1 for k in kernels) and all(s[a] == 1 for s in steps)]
+        self.slice_axis = flat[0] if spatial_dims == 3 and len(flat) == 1 else None
 
         pool_type = Pool[Pool.MAX, spatial_dims]
         self.encoders = nn.ModuleList()
         self.pools = nn.ModuleList()
         c_in = in_channels
         for level, f in enumerate(features[:-1]):
-            self.encoders.append(_DoubleConv(spatial_dims, c_in, f, padding, norm, act, kernels[level]))
+            self.encoders.append(
+                _DoubleConv(spatial_dims, c_in, f, padding, norm, act, kernels[level], self.slice_axis)
+            )
             self.pools.append(pool_type(kernel_size=steps[level + 1], stride=steps[level + 1]))
             c_in = f
-        self.bottom = _DoubleConv(spatial_dims, features[-2], features[-1], padding, norm, act, kernels[-1])
+        self.bottom = _DoubleConv(
+            spatial_dims, features[-2], features[-1], padding, norm, act, kernels[-1], self.slice_axis
+        )
         self.dropout = Dropout[Dropout.DROPOUT, spatial_dims](p=dropout) if dropout > 0 else nn.Identity()
         self.decoders = nn.ModuleList(
             _UpBlock(
@@ -211,6 +253,7 @@ class UNet(nn.Module):
                 act,
                 kernels[i],
                 steps[i + 1],
+                self.slice_axis,
             )
             for i in reversed(range(self.n_pool))
         )

@@ -148,3 +148,24 @@ def test_torchscript_keeps_the_anisotropic_size_rules() -> None:
     with pytest.raises(Exception, match="along spatial axis 2"):
         scripted(torch.randn(1, 1, size[0], size[1], size[2] + 1))
     assert OverlapTileInferer(tile_size=size)(x, scripted).shape == (1, 2, *size)
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_slice_by_slice_network_normalises_each_slice_on_its_own(padding: str) -> None:
+    # nnU-Net's 2d configuration on a volume: kernel 1 and no pooling along z; with instance normalisation a
+    # slice's result must not depend on the slices sharing its tile (4 in training, the whole volume in inference)
+    torch.manual_seed(0)
+    kernels, strides = [(3, 3, 1)] * 3, [1, (2, 2, 1), (2, 2, 1)]
+    net = UNet(3, 2, 2, features=(4, 8, 16), padding=padding, norm="instance", kernel_size=kernels, strides=strides)
+    net = net.eval()
+    assert net.slice_axis == 2
+    size = tuple(r.first + 2 * r.step for r in net.axis_rules[:2])
+    x = torch.randn(1, 2, *size, 5)
+    x[..., 3] = x[..., 3] * 7.0 + 4.0  # one slice with very different statistics
+    whole = net(x)
+    for k in range(5):
+        torch.testing.assert_close(net(x[..., k : k + 1])[..., 0], whole[..., k], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.jit.script(net)(x), whole)
+    # a network that looks across z normalises the whole tile together (no slice axis); 2D networks have none
+    assert UNet(3, 1, 2, features=(4, 8), norm="instance").slice_axis is None
+    assert UNet(2, 1, 2, features=(4, 8), kernel_size=[(3, 1), (3, 1)], strides=[1, (2, 1)]).slice_axis is None
