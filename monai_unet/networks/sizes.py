@@ -110,6 +110,11 @@ class AxisRule:
     def depth(self) -> int:
         return len(self.kernels) - 1
 
+    @property
+    def is_flat(self) -> bool:
+        """Whether the network never looks across this axis (1-wide kernels, no pooling at every level)."""
+        return max(self.kernels) == 1 and self.step == 1
+
     def output(self, size: int) -> int:
         """Output length for an input of ``size``, or ``-1`` when ``size`` is not a valid input length."""
         return _output(size, self.kernels, self.strides, self.padding)

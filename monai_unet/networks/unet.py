@@ -224,7 +224,7 @@ class UNet(nn.Module):
         # per-axis smallest valid size and step, for the check inside forward (TorchScript reads plain int lists)
         self.size_first = [r.first for r in self._axis_rules]
         self.size_step = [r.step for r in self._axis_rules]
-        flat = [a for a in range(spatial_dims) if all(k[a] == 1 for k in kernels) and all(s[a] == 1 for s in steps)]
+        flat = [a for a, r in enumerate(self._axis_rules) if r.is_flat]
         self.slice_axis = flat[0] if spatial_dims == 3 and len(flat) == 1 else None
 
         pool_type = Pool[Pool.MAX, spatial_dims]

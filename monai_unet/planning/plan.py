@@ -403,9 +403,10 @@ def make_plan(
         )
         # nnU-Net's rotation and scaling (probability 0.2 each): a slice-by-slice plan rotates by any angle about the
         # slice axis and zooms in plane only; a 3D plan rotates by up to 30 degrees about every axis
-        plan["rotate_range"] = [
-            (round(math.pi, 4) if a in flat else 0.0) if flat else round(math.pi / 6, 4) for a in range(dims)
-        ]
+        if flat:
+            plan["rotate_range"] = [round(math.pi, 4) if a in flat else 0.0 for a in range(dims)]
+        else:
+            plan["rotate_range"] = [round(math.pi / 6, 4)] * dims
         plan["scale_range"] = [0.0 if a in flat else 0.3 for a in range(dims)]
         how = "any angle about the slice-by-slice axis, none that would tilt a slice"
         reasons["rotate_range"] = "nnU-Net's random rotation (probability 0.2): " + (

@@ -140,6 +140,11 @@ def recommended_augmentations(
     """
     if spatial_dims < 2:
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+    if spatial_dims == 2 and (rotate_range is not None or scale_range is not None):
+        raise ValueError(
+            "rotate_range and scale_range are for 3D; in 2D the rotation is folded into the elastic deformation "
+            "(rotate=True)."
+        )
     keys = ensure_tuple(keys)
     image_keys = tuple(k for k in ensure_tuple(image_keys) if k in keys)
     size = ensure_tuple_rep(spatial_size, spatial_dims)

@@ -124,3 +124,5 @@ def test_in_plane_rotation_and_scaling_move_image_and_label_together_slice_by_sl
 def test_no_affine_unless_asked():
     aug = recommended_augmentations(spatial_size=(32, 32, 8), spatial_dims=3, elastic_sigma=4.0)
     assert "RandAffined" not in [type(t).__name__ for t in aug.transforms]
+    with pytest.raises(ValueError, match="rotate_range and scale_range are for 3D"):
+        recommended_augmentations(spatial_size=(32, 32), spatial_dims=2, rotate_range=0.5)
