@@ -3,17 +3,18 @@
 For each image side in ``--sizes`` (2D, B1's network: features 16-256, valid padding, channels-last on the CPU), a
 fresh tile choice is made as a new process would (timings cleared), then the default inferer and the same inferer
 with each explicit candidate tile (the valid tiles within the memory budget, fitted to the image; every
-``--every``-th one, plus the default's own) segment the same smooth image; the best of ``--rounds`` runs of each
-is kept. The default is first run until its tile choice has settled (its timings spend a credit each image adds to,
-so a mid-size image may take a few calls before the ladder is timed far enough: the calls of a folder of such
-images), then timed. The report gives, per size, the default's tile and seconds, the best explicit tile and its
-seconds, and the ratio (goal: the default within 5% of the best, so B1's ratios hold at every size). The tile
-choice's own time (its timed forwards, once per process and network) and the calls it took (3 of them timing
-nothing new) are reported beside it.
+``--every``-th one, plus the default's own) segment the same smooth image; the best of ``--rounds`` runs of each is
+kept, the default and the explicit tiles taking turns within each round. The default is first run until its tile
+choice has settled (its timings spend a credit each image adds to, so a mid-size image may take a few calls before
+the ladder is timed far enough: the calls of a folder of such images), then timed. The report gives, per size, the
+default's tile and seconds, the best explicit tile and its seconds, and the ratio (goal: the default within 5% of
+the best, so B1's ratios hold at every size). The tile choice's own time (its timed forwards, once per process and
+network) and the calls it took (3 of them timing nothing new) are reported beside it.
 
     python scripts/bench_tile_default.py                       # 1024 1536 2048 3000 4096 (about 15 min, 2 cores)
     python scripts/bench_tile_default.py --sizes 1536 --every 1
-    python scripts/bench_tile_default.py --sizes 16384 --tiles 700 748 --rounds 1 --max-calls 2   # about 30 min
+    python scripts/bench_tile_default.py --sizes 8192 --tiles 572 620 700                    # about 11 min
+    python scripts/bench_tile_default.py --sizes 16384 --tiles 620 700 --max-calls 3         # about 31 min
 
 Exit status 1 when a size misses the goal.
 """
@@ -61,13 +62,16 @@ def smooth_image(side: int, seed: int = 0) -> torch.Tensor:
     return torch.nn.functional.conv2d(torch.nn.functional.pad(x, (0, 0, 6, 6), mode="reflect"), k.transpose(-1, -2))
 
 
-def best_seconds(inferer: OverlapTileInferer, image: torch.Tensor, net: UNet, rounds: int) -> float:
-    best = float("inf")
+def best_seconds(inferers: dict, image: torch.Tensor, net: UNet, rounds: int) -> dict:
+    """Best of ``rounds`` runs of each inferer, the inferers taking turns within a round (drift on a shared
+    machine then touches each of them alike, not the ones timed last)."""
+    best = dict.fromkeys(inferers, float("inf"))
     with torch.no_grad():
         for _ in range(rounds):
-            t0 = time.perf_counter()
-            inferer(image, net)
-            best = min(best, time.perf_counter() - t0)
+            for key, inferer in inferers.items():
+                t0 = time.perf_counter()
+                inferer(image, net)
+                best[key] = min(best[key], time.perf_counter() - t0)
     return best
 
 
@@ -116,8 +120,6 @@ def main() -> int:
             quiet = quiet + 1 if rungs == timed_rungs else 0
             timed_rungs = rungs
         chosen = CHOSEN[-1] if CHOSEN else None
-        t_default = best_seconds(default, image, net, args.rounds)
-        choice_s = max(0.0, warmup - calls * t_default)
         cands = [c.tile for c in tc.tile_candidates(rules, (side, side), budget) if max(c.tile) >= args.min_tile]
         picked = cands[:: max(1, args.every)] if args.tiles is None else [c for c in cands if c[0] in args.tiles]
         missing = sorted(set(args.tiles or ()) - {c[0] for c in picked})
@@ -125,9 +127,10 @@ def main() -> int:
             print(f"       --tiles {missing}: not candidate tiles at {side}^2 (within the memory budget); skipped")
         if chosen is not None and chosen not in picked:
             picked.append(chosen)
-        timings = {}
-        for tile in picked:
-            timings[tile] = best_seconds(OverlapTileInferer(tile_size=tile), image, net, args.rounds)
+        inferers = {"default": default} | {tile: OverlapTileInferer(tile_size=tile) for tile in picked}
+        timings = best_seconds(inferers, image, net, args.rounds)
+        t_default = timings.pop("default")
+        choice_s = max(0.0, warmup - calls * t_default)
         best_tile = min(timings, key=timings.get)
         ratio = t_default / timings[best_tile]
         ok &= ratio <= GOAL
