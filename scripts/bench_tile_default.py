@@ -13,8 +13,8 @@ network) and the calls it took (3 of them timing nothing new) are reported besid
 
     python scripts/bench_tile_default.py                       # 1024 1536 2048 3000 4096 (about 15 min, 2 cores)
     python scripts/bench_tile_default.py --sizes 1536 --every 1
-    python scripts/bench_tile_default.py --sizes 8192 --tiles 572 620 700                    # about 11 min
-    python scripts/bench_tile_default.py --sizes 16384 --tiles 620 700 --max-calls 3         # about 31 min
+    python scripts/bench_tile_default.py --sizes 8192 --tiles 572 620 700     # about 11 min
+    python scripts/bench_tile_default.py --sizes 16384 --tiles 620 700 --max-calls 3   # about 31 min
 
 Exit status 1 when a size misses the goal.
 """
