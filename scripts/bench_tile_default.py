@@ -9,7 +9,7 @@ choice has settled (its timings spend a credit each image adds to, so a mid-size
 the ladder is timed far enough: the calls of a folder of such images), then timed. The report gives, per size, the
 default's tile and seconds, the best explicit tile and its seconds, and the ratio (goal: the default within 5% of
 the best, so B1's ratios hold at every size). The tile choice's own time (its timed forwards, once per process and
-network) and the calls it took (3 of them timing nothing new) are reported beside it.
+network) and the calls it took (the last 3 of them timing nothing) are reported beside it.
 
     python scripts/bench_tile_default.py                       # 1024 1536 2048 3000 4096 (about 15 min, 2 cores)
     python scripts/bench_tile_default.py --sizes 1536 --every 1
@@ -107,18 +107,18 @@ def main() -> int:
         tc.clear_tile_timings()
         default = OverlapTileInferer()
         CHOSEN.clear()
-        warmup, timed_rungs, calls, quiet = 0.0, 0, 0, 0
-        # until 3 calls in a row time nothing new (a call may wait for the credit of the next): the choice a folder
-        # of such images settles on
+        warmup, timings, calls, quiet = 0.0, 0, 0, 0
+        # until 3 calls in a row time nothing (a call may wait for the credit of the next): the choice a folder of
+        # such images settles on
         while calls < args.max_calls and quiet < 3:
             t0 = time.perf_counter()
             with torch.no_grad():
                 default(image, net)
             warmup += time.perf_counter() - t0
             calls += 1
-            rungs = sum(len(table) for table in tc._SPEEDS.values())
-            quiet = quiet + 1 if rungs == timed_rungs else 0
-            timed_rungs = rungs
+            done = sum(sum(counts.values()) for counts in tc._SAMPLES.values())
+            quiet = quiet + 1 if done == timings else 0
+            timings = done
         chosen = CHOSEN[-1] if CHOSEN else None
         cands = [c.tile for c in tc.tile_candidates(rules, (side, side), budget) if max(c.tile) >= args.min_tile]
         picked = cands[:: max(1, args.every)] if args.tiles is None else [c for c in cands if c[0] in args.tiles]
@@ -143,9 +143,11 @@ def main() -> int:
         detail = ", ".join(f"{t[0]}:{s:.2f}" for t, s in sorted(timings.items()))
         print(f"       explicit tiles (side: s): {detail}", flush=True)
         rungs = ", ".join(
-            f"{t[0]}:{spp * 1e6:.3f}" for table in tc._SPEEDS.values() for t, spp in sorted(table.items())
+            f"{t[0]}:{spp * 1e6:.3f} ({tc._SAMPLES[key][t]})"
+            for key, table in tc._SPEEDS.items()
+            for t, spp in sorted(table.items())
         )
-        print(f"       the choice's timed rungs (side: microseconds per output pixel): {rungs}", flush=True)
+        print(f"       the choice's timed rungs (side: microseconds per output pixel (timings)): {rungs}", flush=True)
     print(f"goal: default <= {GOAL:.2f} x best at every size: {'met' if ok else 'NOT met'}")
     return 0 if ok else 1
 

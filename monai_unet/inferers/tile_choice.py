@@ -59,6 +59,8 @@ TILE_SEARCHES = ("auto", "measure", "flops")
 
 # measured speeds: (network architecture, device, dtype, threads, batch) -> {cubic tile: seconds per output pixel}
 _SPEEDS: dict[tuple, dict[tuple[int, ...], float]] = {}
+# how many timings each of those speeds is the fastest of (see TIMING_ROUNDS)
+_SAMPLES: dict[tuple, dict[tuple[int, ...], int]] = {}
 # FLOPs of inference served but not yet spent on timing, per key of _SPEEDS (see speed_cap's max_flops)
 _CREDIT: dict[tuple, float] = {}
 
@@ -204,6 +206,7 @@ def _fewest_flops(candidates: list[Candidate], tolerance: float = 0.03) -> tuple
 def clear_tile_timings() -> None:
     """Forget the measured speeds and the timing credit (for example after changing the number of threads by hand)."""
     _SPEEDS.clear()
+    _SAMPLES.clear()
     _CREDIT.clear()
 
 
@@ -223,6 +226,11 @@ TIMED_FORWARDS = 2
 748 tile behind a 508 one and pick a tile 10% slower than the best on a 3000^2 image)."""
 TIMING_FORWARDS = 1 + TIMED_FORWARDS
 """Forwards one timing costs (:func:`time_forward`), what :func:`speed_cap` budgets for it."""
+TIMING_ROUNDS = 3
+"""Timings per rung the choice rests on, the fastest kept, while the timing credit lasts (a pass over the rungs
+before the next): the fastest of two forwards still moved by 10% on a shared 2-core CPU (a 748 rung at 0.858 us per
+output pixel in one process, 0.776 in another), enough to take a 620 tile on a 16384^2 image where 700 ran 6% faster.
+"""
 
 
 def time_forward(
@@ -302,7 +310,8 @@ def speed_cap(
 ) -> int | None:
     """The largest tile worth using on this device: the fastest per output pixel of :func:`speed_ladder`, timed
     from the smallest up (:func:`time_forward`, cached) until a tile is 15% slower per output pixel than the best
-    so far. ``None`` when the largest rung is the fastest (no cap).
+    so far, in :data:`TIMING_ROUNDS` passes (the fastest timing of each rung kept). ``None`` when the largest rung
+    is the fastest (no cap).
 
     ``up_to``: the tile the FLOPs pick for an image (it may not be cubic); the ladder is cut below its volume and
     it is timed as the last rung, after the tiles timed for earlier images below it.
@@ -316,37 +325,47 @@ def speed_cap(
         return None
     key = _speed_key(network, device, dtype, sw_batch_size)
     table = _SPEEDS.setdefault(key, {})
+    samples = _SAMPLES.setdefault(key, {})
     ladder = [tile_shape(rules, t, dims) for t in speed_ladder(rules, dims, memory_budget, sw_batch_size)]
     if up_to is not None:  # the rungs below, the shapes of earlier images (timed already), and up_to itself
         last = tuple(up_to)
         below = {t for t in ladder + list(table) if math.prod(t) < math.prod(last)}
         ladder = sorted(below | {last}, key=lambda t: (math.prod(t), t))
     allowed = float("inf") if max_flops is None else _CREDIT.get(key, 0.0) + max_flops
-    spent = 0.0
-    speeds: list[tuple[float, tuple[int, ...]]] = []  # (seconds per output pixel, tile) in ladder order
+    spent, afford = 0.0, True
 
-    def cap(tile: tuple[int, ...]) -> int | None:
-        return None if tile == ladder[-1] else max(tile)
+    def walk(rounds: int) -> tuple[int, ...] | None:
+        """The fastest rung per output pixel, up the ladder until a rung is 15% slower than the best so far (past
+        the point where larger tiles stop paying), timing each rung with fewer than ``rounds`` timings on the way
+        while the credit lasts. A rung never timed ends the walk: it and those above are not trusted (the largest
+        tile of the FLOP rule is the slowest on a CPU past its caches; default_tile_size looks one rung beyond)."""
+        nonlocal spent, afford
+        speeds: list[tuple[float, tuple[int, ...]]] = []
+        for t in ladder:
+            if afford and samples.get(t, 0) < rounds:
+                need = TIMING_FORWARDS * estimate_flops(rules, t) * sw_batch_size
+                if spent + need > allowed:
+                    afford = False  # nothing more this call; a later one goes on from here, with more credit
+                else:
+                    spent += need
+                    seconds = time_forward(network, t, channels, device, dtype, sw_batch_size)
+                    table[t] = min(table.get(t, math.inf), seconds / (_out_pixels(rules, t) * sw_batch_size))
+                    samples[t] = samples.get(t, 0) + 1
+            if t not in table:
+                break
+            speeds.append((table[t], t))
+            if table[t] > 1.15 * min(speeds)[0]:
+                break
+        return min(speeds)[1] if speeds else None
 
-    def done(tile: tuple[int, ...] | None) -> int | None:
-        if max_flops is not None:
-            _CREDIT[key] = allowed - spent
-        return None if tile is None else cap(tile)
-
-    for t in ladder:
-        if t not in table:
-            need = TIMING_FORWARDS * estimate_flops(rules, t) * sw_batch_size
-            if spent + need > allowed:
-                # the rungs not timed are not trusted: the cap is the fastest timed (default_tile_size looks one
-                # rung beyond it); the largest tile of the FLOP rule is the slowest on a CPU past its caches
-                return done(min(speeds)[1] if speeds else None)
-            spent += need
-            seconds = time_forward(network, t, channels, device, dtype, sw_batch_size)
-            table[t] = seconds / (_out_pixels(rules, t) * sw_batch_size)
-        speeds.append((table[t], t))
-        if table[t] > 1.15 * min(speeds)[0]:
-            return done(min(speeds)[1])  # past the point where larger tiles stop paying
-    return done(min(speeds)[1])
+    # in passes, each timing the rungs up to the knee (as the last pass left the timings) once more, so that every
+    # rung is timed once before any is timed again and a rung's timings lie a pass apart (a slow spell of the
+    # machine rarely covers both)
+    for rounds in range(1, TIMING_ROUNDS + 1):
+        tile = walk(rounds)
+    if max_flops is not None:
+        _CREDIT[key] = allowed - spent
+    return None if tile is None or tile == ladder[-1] else max(tile)
 
 
 def default_tile_size(
