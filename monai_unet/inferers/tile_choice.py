@@ -9,7 +9,12 @@ a ladder of tiles (cubic where the network's axes have the same rules; for an an
 its largest valid size up to the rung), from small to large, until the time per output pixel gets worse
 (:func:`speed_cap`). Among the tiles up to the rung after the fastest it then takes the one whose FLOPs over the
 image (its overhang included: tiles fitted to the image) times the measured seconds per FLOP at its size
-(:func:`seconds_per_flop`, interpolated between the timed tiles) is least. The timings are kept per network
+(:func:`seconds_per_flop`, interpolated between the timed tiles) is least. As the speed can fall off a cliff between
+two rungs (a 700 tile ran as fast per pixel as 620, the rung 748 25% slower), the candidate that would be fastest at
+the better speed of the timed tiles around it is first timed in its own shape, until that candidate is one timed
+already (at most :data:`CONTENDERS` of them). Every tile is timed three times, in passes, the
+fastest timing kept, so a slow spell of a shared machine during one timing does not move the choice
+(:data:`TIMING_ROUNDS`); each pass comes after the one before has been paid for. The timings are kept per network
 architecture, device, dtype, thread count and batch for the life of the process, and only tiles up to the one the
 FLOPs pick are timed. The timing of a process costs at most the FLOPs of the inferences it served so far: each image
 adds its FLOPs to a credit the timings spend, so a small first image lets FLOPs decide alone, the next ones go on
@@ -226,6 +231,8 @@ TIMED_FORWARDS = 2
 748 tile behind a 508 one and pick a tile 10% slower than the best on a 3000^2 image)."""
 TIMING_FORWARDS = 1 + TIMED_FORWARDS
 """Forwards one timing costs (:func:`time_forward`), what :func:`speed_cap` budgets for it."""
+CONTENDERS = 3
+"""Candidate tiles of an image timed in their own shapes, at most (:func:`default_tile_size`)."""
 TIMING_ROUNDS = 3
 """Timings per rung the choice rests on, the fastest kept, while the timing credit lasts (a pass over the rungs
 before the next): the fastest of two forwards still moved by 10% on a shared 2-core CPU (a 748 rung at 0.858 us per
@@ -263,6 +270,23 @@ def time_forward(
 
 def _out_pixels(rules: SizeRules, tile: Sequence[int]) -> int:
     return math.prod(t - 2 * h for t, h in zip(tile, rules.halo))
+
+
+def _time_tile(
+    network: Callable,
+    rules: SizeRules,
+    tile: tuple[int, ...],
+    channels: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    batch: int,
+    key: tuple,
+) -> None:
+    """Time ``tile`` once more (:func:`time_forward`) into the speeds of ``key``, the fastest timing kept."""
+    seconds = time_forward(network, tile, channels, device, dtype, batch)
+    table, samples = _SPEEDS.setdefault(key, {}), _SAMPLES.setdefault(key, {})
+    table[tile] = min(table.get(tile, math.inf), seconds / (_out_pixels(rules, tile) * batch))
+    samples[tile] = samples.get(tile, 0) + 1
 
 
 def speed_ladder(rules: SizeRules, dims: int, memory_budget: int, sw_batch_size: int = 1) -> list[int]:
@@ -348,9 +372,7 @@ def speed_cap(
                     afford = False  # nothing more this call; a later one goes on from here, with more credit
                 else:
                     spent += need
-                    seconds = time_forward(network, t, channels, device, dtype, sw_batch_size)
-                    table[t] = min(table.get(t, math.inf), seconds / (_out_pixels(rules, t) * sw_batch_size))
-                    samples[t] = samples.get(t, 0) + 1
+                    _time_tile(network, rules, t, channels, device, dtype, sw_batch_size, key)
             if t not in table:
                 break
             speeds.append((table[t], t))
@@ -384,7 +406,8 @@ def default_tile_size(
 ) -> tuple[int, ...]:
     """The tile :class:`~monai_unet.inferers.OverlapTileInferer` takes when none is given (see the module
     docstring): the fewest FLOPs over the image within ``memory_budget`` and, unless ``tile_search`` is
-    ``"flops"``, no larger than the :func:`speed_cap`. With ``"auto"`` the timing may cost at most ``max_cost``
+    ``"flops"``, no larger than the :func:`speed_cap`, by measured time (:data:`CONTENDERS`). With ``"auto"`` the
+    timing may cost at most ``max_cost``
     times the FLOPs of the inferences it served in this process, this one included (``repeats``: batch x flips);
     ``"measure"`` times without limit.
     """
@@ -410,13 +433,36 @@ def default_tile_size(
     capped = [c for c in candidates if all(t <= m for t, m in zip(c.tile, limit))]
     if not capped:
         return flop_tile
-    rate = seconds_per_flop(_SPEEDS.get(_speed_key(network, device, dtype, sw_batch_size), {}), rules)
-    return min(capped, key=lambda c: (c.flops * rate(c.tile), c.tile)).tile
+    key = _speed_key(network, device, dtype, sw_batch_size)
+    left = math.inf if max_flops is None else _CREDIT.get(key, 0.0)  # what speed_cap left of the credit
+
+    def best(optimistic: bool = False) -> tuple[int, ...]:
+        rate = seconds_per_flop(_SPEEDS.get(key, {}), rules, optimistic)
+        return min((c.flops * rate(c.tile), c.tile) for c in capped)[1]
+
+    # the speed between two timed tiles is a guess, and it can fall off a cliff between two rungs (a 700 tile ran
+    # about as fast per pixel as the rung 620, the rung 748 25% slower): so the candidate that would be fastest if
+    # it ran at the better speed of the timed tiles around it is timed in its own shape (TIMING_ROUNDS times, a
+    # candidate at a time, while the credit lasts) until that candidate is one timed already
+    samples = _SAMPLES.setdefault(key, {})
+    for _ in range(CONTENDERS * TIMING_ROUNDS):
+        tile = best(optimistic=True)
+        need = TIMING_FORWARDS * estimate_flops(rules, tile) * sw_batch_size
+        if samples.get(tile, 0) >= TIMING_ROUNDS or need > left:
+            break
+        left -= need
+        _time_tile(network, rules, tile, channels, device, dtype, sw_batch_size, key)
+    if max_flops is not None:
+        _CREDIT[key] = left
+    return best()
 
 
-def seconds_per_flop(table: dict[tuple[int, ...], float], rules: SizeRules) -> Callable[[Sequence[int]], float]:
+def seconds_per_flop(
+    table: dict[tuple[int, ...], float], rules: SizeRules, optimistic: bool = False
+) -> Callable[[Sequence[int]], float]:
     """The measured speed of any tile: seconds per FLOP interpolated linearly in the tile's volume between the
-    timed tiles of ``table`` (seconds per output pixel, as :func:`speed_cap` keeps them), flat beyond them."""
+    timed tiles of ``table`` (seconds per output pixel, as :func:`speed_cap` keeps them), flat beyond them;
+    ``optimistic``: between two timed tiles the faster one's speed."""
     points = sorted((math.prod(t), spp * _out_pixels(rules, t) / estimate_flops(rules, t)) for t, spp in table.items())
 
     def rate(tile: Sequence[int]) -> float:
@@ -426,8 +472,10 @@ def seconds_per_flop(table: dict[tuple[int, ...], float], rules: SizeRules) -> C
         if v <= points[0][0]:
             return points[0][1]
         for (v0, r0), (v1, r1) in itertools.pairwise(points):
-            if v <= v1:
-                return r0 + (r1 - r0) * (v - v0) / max(1, v1 - v0)
+            if v == v1:
+                return r1
+            if v < v1:
+                return min(r0, r1) if optimistic else r0 + (r1 - r0) * (v - v0) / (v1 - v0)
         return points[-1][1]
 
     return rate
