@@ -147,7 +147,7 @@ def main() -> int:
             for key, table in tc._SPEEDS.items()
             for t, spp in sorted(table.items())
         )
-        print(f"       the choice's timed rungs (side: microseconds per output pixel (timings)): {rungs}", flush=True)
+        print(f"       the choice's timed tiles (side: microseconds per output pixel (timings)): {rungs}", flush=True)
     print(f"goal: default <= {GOAL:.2f} x best at every size: {'met' if ok else 'NOT met'}")
     return 0 if ok else 1
 

@@ -407,9 +407,8 @@ def default_tile_size(
     """The tile :class:`~monai_unet.inferers.OverlapTileInferer` takes when none is given (see the module
     docstring): the fewest FLOPs over the image within ``memory_budget`` and, unless ``tile_search`` is
     ``"flops"``, no larger than the :func:`speed_cap`, by measured time (:data:`CONTENDERS`). With ``"auto"`` the
-    timing may cost at most ``max_cost``
-    times the FLOPs of the inferences it served in this process, this one included (``repeats``: batch x flips);
-    ``"measure"`` times without limit.
+    timing may cost at most ``max_cost`` times the FLOPs of the inferences it served in this process, this one
+    included (``repeats``: batch x flips); ``"measure"`` times without limit.
     """
     tile_search = check_option("tile_search", tile_search, TILE_SEARCHES)
     if tile_search == "flops" or rules.halo is None or max(rules.halo) == 0:
