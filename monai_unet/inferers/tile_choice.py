@@ -272,6 +272,11 @@ def _out_pixels(rules: SizeRules, tile: Sequence[int]) -> int:
     return math.prod(t - 2 * h for t, h in zip(tile, rules.halo))
 
 
+def _timing_cost(rules: SizeRules, tile: tuple[int, ...], batch: int) -> float:
+    """FLOPs one timing of ``tile`` spends of the credit (:data:`TIMING_FORWARDS` forwards of ``batch`` tiles)."""
+    return TIMING_FORWARDS * estimate_flops(rules, tile) * batch
+
+
 def _time_tile(
     network: Callable,
     rules: SizeRules,
@@ -367,7 +372,7 @@ def speed_cap(
         speeds: list[tuple[float, tuple[int, ...]]] = []
         for t in ladder:
             if afford and samples.get(t, 0) < rounds:
-                need = TIMING_FORWARDS * estimate_flops(rules, t) * sw_batch_size
+                need = _timing_cost(rules, t, sw_batch_size)
                 if spent + need > allowed:
                     afford = False  # nothing more this call; a later one goes on from here, with more credit
                 else:
@@ -446,7 +451,7 @@ def default_tile_size(
     samples = _SAMPLES.setdefault(key, {})
     for _ in range(CONTENDERS * TIMING_ROUNDS):
         tile = best(optimistic=True)
-        need = TIMING_FORWARDS * estimate_flops(rules, tile) * sw_batch_size
+        need = _timing_cost(rules, tile, sw_batch_size)
         if samples.get(tile, 0) >= TIMING_ROUNDS or need > left:
             break
         left -= need
