@@ -10,7 +10,7 @@ its largest valid size up to the rung), from small to large, until the time per 
 (:func:`speed_cap`). Among the tiles up to the rung after the fastest it then takes the one whose FLOPs over the
 image (its overhang included: tiles fitted to the image) times the measured seconds per FLOP at its size
 (:func:`seconds_per_flop`, interpolated between the timed tiles) is least. As the speed can fall off a cliff between
-two rungs (a 700 tile ran as fast per pixel as 620, the rung 748 25% slower), the candidate that would be fastest at
+two rungs (on a 2-core AMD EPYC the rung 748 timed 20-30% slower per pixel than 620), the candidate fastest at
 the better speed of the timed tiles around it is first timed in its own shape, until that candidate is one timed
 already (at most :data:`CONTENDERS` of them). Every tile is timed three times, in passes, the
 fastest timing kept, so a slow spell of a shared machine during one timing does not move the choice
@@ -444,8 +444,8 @@ def default_tile_size(
         rate = seconds_per_flop(_SPEEDS.get(key, {}), rules, optimistic)
         return min((c.flops * rate(c.tile), c.tile) for c in capped)[1]
 
-    # the speed between two timed tiles is a guess, and it can fall off a cliff between two rungs (a 700 tile ran
-    # about as fast per pixel as the rung 620, the rung 748 25% slower): so the candidate that would be fastest if
+    # the speed between two timed tiles is a guess, and it can fall off a cliff between two rungs (on a 2-core AMD
+    # EPYC the rung 748 timed 20-30% slower per pixel than 620): so the candidate that would be fastest if
     # it ran at the better speed of the timed tiles around it is timed in its own shape (TIMING_ROUNDS times, a
     # candidate at a time, while the credit lasts) until that candidate is one timed already
     samples = _SAMPLES.setdefault(key, {})

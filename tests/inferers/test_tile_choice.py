@@ -220,8 +220,8 @@ def test_a_slow_spell_on_one_timing_does_not_move_the_choice(monkeypatch) -> Non
 
 
 class CliffClock(MeasuredClock):
-    """A CPU whose speed falls off a cliff between two rungs: 115 GFLOP/s up to a 716 tile, 85 from 748 on (as
-    measured on an AMD EPYC: per output pixel 700 about as fast as the rung 620, the rung 748 25% slower)."""
+    """A CPU whose speed falls off a cliff between two rungs: 115 GFLOP/s up to a 716 tile, 85 from 748 on (a
+    model: on a 2-core AMD EPYC the rung 748 timed 20-30% slower per output pixel than 620)."""
 
     def rate(self, t: int) -> float:
         return 115e9 if t <= 716 else 85e9
