@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -50,6 +51,12 @@ DEFAULT_PLAN = REPO / "bundles" / "unet3d_volume" / "configs" / "brain_tumor_pro
 # the bundle's channel names and their series patterns (the same as its configs' "channels")
 ALL_CHANNELS = {"T1pre": "*T1prereg*", "T1post": "*T1post*", "T2": "*T2reg*", "FLAIR": "*FLAIR*"}
 LABEL_SERIES = "*MaskTumor*"
+# the training loss written into each overlay (--loss): the bundle's Dice + cross-entropy, or its recall-leaning form
+_LOSS_ARGS = {"to_onehot_y": True, "softmax": True, "include_background": False, "batch": True}
+LOSSES = {
+    "dice-ce": {"_target_": "DiceCELoss", **_LOSS_ARGS},
+    "tversky-ce": {"_target_": "monai_unet.losses.TverskyCELoss", **_LOSS_ARGS, "alpha": 0.3, "beta": 0.7},
+}
 
 
 # ------------------------------------------------------------------------------------------------------ studies
@@ -168,11 +175,11 @@ def train_and_score(
     from monai_unet.predict import predict
 
     run_dir = out_dir / name
-    data = link_dataset([*train, *test], run_dir / "dataset")
     run_dir.mkdir(parents=True, exist_ok=True)
-    # the test studies are the (never run) validation set of the bundle: training decides nothing on them
-    ordered = find_studies([data])
-    val = [i for i, s in enumerate(ordered) if any(s.name == t.name and s.parent.name == t.parent.name for t in test)]
+    # the dataset folder of links lists the studies by patient folder, then study (as find_studies reads it); the
+    # test studies are the (never run) validation set of the bundle: training decides nothing on them
+    ordered = sorted({*train, *test}, key=lambda s: (s.parent.name, s.name))
+    val = [i for i, s in enumerate(ordered) if s in test]
     settings = {
         "val_indices": val or [0],
         "val_interval": 10**6,
@@ -185,13 +192,25 @@ def train_and_score(
     if done.is_file() and (run_dir / "models" / "model_final.pt").is_file():
         # a rerun of the evaluation (after a crash or a stop) reuses a finished training
         previous = json.loads(done.read_text())
-        if previous.get("overlay") != overlay or previous.get("settings") != _jsonable(settings):
-            raise SystemExit(f"{run_dir} holds a model trained with other settings: delete it or use another --out-dir")
+        if (
+            previous.get("overlay") != overlay
+            or previous.get("settings") != _jsonable(settings)
+            or previous.get("train") != [str(s) for s in train]
+        ):
+            raise SystemExit(
+                f"{run_dir} holds a model trained on other studies or with other settings: delete it or use another "
+                "--out-dir"
+            )
         overlay_path = run_dir / "overlay.json"
         train_seconds = float(previous["train_seconds"])
         print(f"[{name}] trained before ({done}): {train_seconds / 60:.1f} min; not trained again", flush=True)
     else:
         overlay_path = write_json(run_dir / "overlay.json", overlay)
+        if (run_dir / "dataset").exists():  # links left by a run stopped before it finished: only this run's studies
+            shutil.rmtree(run_dir / "dataset")
+        data = link_dataset(ordered, run_dir / "dataset")
+        if len(find_studies([data])) != len(ordered):
+            raise SystemExit(f"{run_dir / 'dataset'}: two of {ordered} share a patient and a study folder name")
         if device is not None:
             settings["device"] = f"$torch.device('{device}')"
         print(f"[{name}] training on {len(train)} studies, {budget_s / 60:.1f} min budget", flush=True)
@@ -206,7 +225,15 @@ def train_and_score(
         )
         train_seconds = time.perf_counter() - start
         settings.pop("device", None)
-        write_json(done, {"train_seconds": train_seconds, "overlay": overlay, "settings": _jsonable(settings)})
+        write_json(
+            done,
+            {
+                "train_seconds": train_seconds,
+                "train": [str(s) for s in train],
+                "overlay": overlay,
+                "settings": _jsonable(settings),
+            },
+        )
     state = torch.load(run_dir / "models" / "checkpoint.pt", map_location="cpu", weights_only=False)
     result: dict = {
         "train": [str(s) for s in train],
@@ -277,6 +304,13 @@ def main(argv: list[str] | None = None) -> int:
         help="SGD's initial learning rate, written into each overlay (default 0.01, nnU-Net's; the bundle's 0.03 is "
         "for its 400-iteration synthetic default)",
     )
+    p.add_argument(
+        "--loss",
+        choices=tuple(LOSSES),
+        default="dice-ce",
+        help="dice-ce: Dice + cross-entropy (nnU-Net's, the bundle's); tversky-ce: the Dice term leaning to recall "
+        "(Tversky alpha 0.3 on false positives, beta 0.7 on misses) + cross-entropy",
+    )
     p.add_argument("--final", choices=("all", "ensemble", "none"), default="all", help="the model for new patients")
     p.add_argument("--out-dir", type=Path, default=REPO / "runs" / "brain_cv")
     p.add_argument("--device", default=None)
@@ -310,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = []
         for k, held in enumerate(folds):
             train = [s for s in pool if s not in held]
-            overlay = overlay_for(plan, channels, {"learning_rate": args.learning_rate})
+            overlay = overlay_for(plan, channels, {"learning_rate": args.learning_rate, "loss": LOSSES[args.loss]})
             runs.append(
                 train_and_score(f"{tag}/fold{k}", train, held, overlay, out_dir, budget_s, overrides, args.device)
             )
@@ -328,7 +362,9 @@ def main(argv: list[str] | None = None) -> int:
             "train_seconds_total": float(sum(r["train_seconds"] for r in runs)),  # every fold's training, reused or not
         }
         final_overlay = overlay_for(
-            plan, channels, {"learning_rate": args.learning_rate, "keep_largest_component": keep}
+            plan,
+            channels,
+            {"learning_rate": args.learning_rate, "loss": LOSSES[args.loss], "keep_largest_component": keep},
         )
         if args.final == "all" and args.train is None:
             final = train_and_score(f"{tag}/all", pool, [], final_overlay, out_dir, budget_s, overrides, args.device)

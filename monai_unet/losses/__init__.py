@@ -1,7 +1,9 @@
-"""Losses MONAI lacks: the paper's pixel-weighted cross-entropy (the others come from ``monai.losses``)."""
+"""Losses MONAI lacks: the paper's pixel-weighted cross-entropy, Tversky + cross-entropy (the others come from
+``monai.losses``)."""
 
 from __future__ import annotations
 
+from monai_unet.losses.tversky_ce import TverskyCELoss
 from monai_unet.losses.weighted_ce import WeightedCrossEntropyLoss, split_weight
 
-__all__ = ["WeightedCrossEntropyLoss", "split_weight"]
+__all__ = ["TverskyCELoss", "WeightedCrossEntropyLoss", "split_weight"]

@@ -146,5 +146,11 @@ def test_eval_brain_dicom_cross_validates_by_patient(
     again = json.loads((out / "results.json").read_text())["sets"]["T1post+FLAIR"]
     assert again["mean_dice"] == result["mean_dice"]
     assert [f["train_seconds"] for f in again["folds"]] == [f["train_seconds"] for f in result["folds"]]
-    with pytest.raises(SystemExit, match="trained with other settings"):  # other settings never reuse a model
+    with pytest.raises(SystemExit, match="with other settings"):  # other settings never reuse a model
         eval_brain_dicom.main([*args, "--budget-min", "0.1", "--set", *tiny])
+    with pytest.raises(SystemExit, match="with other settings"):  # nor another loss
+        eval_brain_dicom.main([*args, "--budget-min", "0.05", "--loss", "tversky-ce", "--set", *tiny])
+    first, second = sorted(result["folds"][0]["studies"])
+    split = ["--train", first, "--test", second]
+    with pytest.raises(SystemExit, match="trained on other studies"):  # nor other training studies in a run's name
+        eval_brain_dicom.main([*args, "--budget-min", "0.05", "--set", *tiny, *split])
