@@ -23,10 +23,12 @@ Usage:
     python scripts/eval_brain_dicom.py                                       # all four sequences, 45 min per fold
     python scripts/eval_brain_dicom.py --channel-sets T1post T1post,FLAIR all --budget-min 45
     python scripts/eval_brain_dicom.py --train S1 S2 --test S3 S4 --budget-min 10
+    python scripts/eval_brain_dicom.py --loss tversky-ce --out-dir runs/brain_cv_tversky   # the recall-leaning loss
     python scripts/eval_brain_dicom.py --budget-min 1 --set epoch_length=2   # a smoke run
 
 A rerun with the same ``--out-dir`` (after a crash or a stop) reuses every finished training (its ``trained.json``
-beside ``models/``) and trains the rest; a model trained with other settings is never reused.
+beside ``models/``) and trains the rest; a model trained on other studies or with other settings (another
+``--loss``, budget, plan or ``--set``) is never reused: give such a run its own ``--out-dir``.
 
 Writes ``<out-dir>/results.json`` (per channel set: per fold, per study Dice, wall times, the post-processing
 choice) and, per run, the bundle_root with models/, the overlay used and the predictions.
@@ -181,7 +183,7 @@ def train_and_score(
     ordered = sorted({*train, *test}, key=lambda s: (s.parent.name, s.name))
     val = [i for i, s in enumerate(ordered) if s in test]
     settings = {
-        "val_indices": val or [0],
+        "val_indices": val,  # none for the model for new patients: it trains on every study
         "val_interval": 10**6,
         # the budget decides: TimeLimit stops training and decays the learning rate over the wall clock
         "max_epochs": 10**6,
@@ -192,14 +194,15 @@ def train_and_score(
     if done.is_file() and (run_dir / "models" / "model_final.pt").is_file():
         # a rerun of the evaluation (after a crash or a stop) reuses a finished training
         previous = json.loads(done.read_text())
-        if (
-            previous.get("overlay") != overlay
-            or previous.get("settings") != _jsonable(settings)
-            or previous.get("train") != [str(s) for s in train]
-        ):
+        if previous.get("train") != [str(s) for s in train]:
             raise SystemExit(
-                f"{run_dir} holds a model trained on other studies or with other settings: delete it or use another "
-                "--out-dir"
+                f"{run_dir} holds a model trained on other studies ({previous.get('train', 'not recorded')}): delete "
+                "it or use another --out-dir"
+            )
+        if previous.get("overlay") != overlay or previous.get("settings") != _jsonable(settings):
+            raise SystemExit(
+                f"{run_dir} holds a model trained with other settings (another loss, budget, plan or --set): delete "
+                "it or use another --out-dir"
             )
         overlay_path = run_dir / "overlay.json"
         train_seconds = float(previous["train_seconds"])
@@ -354,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         keep = largest > plain
         entry = {
             "channels": channels,
+            "loss": args.loss,
             "folds": runs,
             "mean_dice": plain,
             "mean_dice_largest_component": largest,

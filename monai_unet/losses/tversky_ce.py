@@ -4,7 +4,9 @@ The Tversky index ``TP / (TP + alpha FP + beta FN)`` is the Dice coefficient at 
 alpha`` charges a missed foreground voxel more than a false one (Salehi et al., 2017, "Tversky loss function for
 image segmentation using 3D fully convolutional deep networks": ``alpha = 0.3, beta = 0.7`` for small lesions). MONAI
 has the Tversky term (:class:`monai.losses.TverskyLoss`) and :class:`monai.losses.DiceCELoss`, but no Tversky with
-cross-entropy; this is that sum, with ``DiceCELoss``'s arguments, so a bundle swaps one for the other::
+cross-entropy; this is that sum. At ``alpha = beta = 0.5`` it is ``DiceCELoss`` with the same ``include_background``,
+``to_onehot_y``, ``softmax`` and ``batch`` (up to the smoothing constants, about 1e-7), so a bundle's loss entry
+changes by its target and the two weights::
 
     "loss": {"_target_": "monai_unet.losses.TverskyCELoss", "to_onehot_y": true, "softmax": true,
              "include_background": false, "batch": true, "alpha": 0.3, "beta": 0.7}
@@ -68,6 +70,8 @@ class TverskyCELoss(_Loss):
             raise ValueError(
                 f"input {tuple(input.shape)} and target {tuple(target.shape)} must have the same number of dimensions."
             )
-        indices = target[:, 0].long() if self.to_onehot_y or target.shape[1] == 1 else target.argmax(dim=1)
-        ce = F.cross_entropy(input, indices)
+        if self.to_onehot_y or target.shape[1] == 1:
+            ce = F.cross_entropy(input, target[:, 0].long())
+        else:  # one-hot or soft labels: class probabilities, as DiceCELoss passes them
+            ce = F.cross_entropy(input, target.to(input.dtype))
         return self.lambda_tversky * self.tversky(input, target) + self.lambda_ce * ce

@@ -136,6 +136,9 @@ def test_eval_brain_dicom_cross_validates_by_patient(
     assert final["keep_largest_component"] == result["keep_largest_component"]
     assert final["in_channels"] == 2 and list(final["channels"]) == ["T1post", "FLAIR"]
     assert result["final"]["kind"] == "all" and Path(result["final"]["weights"][0]).is_file()
+    trained = json.loads((out / "T1post+FLAIR" / "all" / "trained.json").read_text())
+    assert len(trained["train"]) == 4 and trained["settings"]["val_indices"] == []  # no study held back
+    assert result["loss"] == "dice-ce" and final["loss"]["_target_"] == "DiceCELoss"
     with pytest.raises(SystemExit, match="go together"):
         eval_brain_dicom.main([*args, "--train", str(data)])
     # a rerun (after a crash or a stop) scores the models already trained and trains nothing again
@@ -150,7 +153,7 @@ def test_eval_brain_dicom_cross_validates_by_patient(
         eval_brain_dicom.main([*args, "--budget-min", "0.1", "--set", *tiny])
     with pytest.raises(SystemExit, match="with other settings"):  # nor another loss
         eval_brain_dicom.main([*args, "--budget-min", "0.05", "--loss", "tversky-ce", "--set", *tiny])
-    first, second = sorted(result["folds"][0]["studies"])
-    split = ["--train", first, "--test", second]
-    with pytest.raises(SystemExit, match="trained on other studies"):  # nor other training studies in a run's name
+    # nor other training studies under a run's name, with every setting the same (the held-out studies stay first)
+    split = ["--train", result["folds"][0]["train"][0], "--test", *sorted(result["folds"][0]["studies"])]
+    with pytest.raises(SystemExit, match="trained on other studies"):
         eval_brain_dicom.main([*args, "--budget-min", "0.05", "--set", *tiny, *split])
