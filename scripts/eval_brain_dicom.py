@@ -182,6 +182,7 @@ def train_and_score(
     # test studies are the (never run) validation set of the bundle: training decides nothing on them
     ordered = sorted({*train, *test}, key=lambda s: (s.parent.name, s.name))
     val = [i for i, s in enumerate(ordered) if s in test]
+    trained_on = [str(s) for s in train]
     settings = {
         "val_indices": val,  # none for the model for new patients: it trains on every study
         "val_interval": 10**6,
@@ -194,7 +195,7 @@ def train_and_score(
     if done.is_file() and (run_dir / "models" / "model_final.pt").is_file():
         # a rerun of the evaluation (after a crash or a stop) reuses a finished training
         previous = json.loads(done.read_text())
-        if previous.get("train") != [str(s) for s in train]:
+        if previous.get("train") != trained_on:
             raise SystemExit(
                 f"{run_dir} holds a model trained on other studies ({previous.get('train', 'not recorded')}): delete "
                 "it or use another --out-dir"
@@ -212,8 +213,8 @@ def train_and_score(
         if (run_dir / "dataset").exists():  # links left by a run stopped before it finished: only this run's studies
             shutil.rmtree(run_dir / "dataset")
         data = link_dataset(ordered, run_dir / "dataset")
-        if len(find_studies([data])) != len(ordered):
-            raise SystemExit(f"{run_dir / 'dataset'}: two of {ordered} share a patient and a study folder name")
+        if [(s.parent.name, s.name) for s in find_studies([data])] != [(s.parent.name, s.name) for s in ordered]:
+            raise SystemExit(f"{data}: the studies {ordered} do not each have their own patient/study folder name")
         if device is not None:
             settings["device"] = f"$torch.device('{device}')"
         print(f"[{name}] training on {len(train)} studies, {budget_s / 60:.1f} min budget", flush=True)
@@ -232,14 +233,14 @@ def train_and_score(
             done,
             {
                 "train_seconds": train_seconds,
-                "train": [str(s) for s in train],
+                "train": trained_on,
                 "overlay": overlay,
                 "settings": _jsonable(settings),
             },
         )
     state = torch.load(run_dir / "models" / "checkpoint.pt", map_location="cpu", weights_only=False)
     result: dict = {
-        "train": [str(s) for s in train],
+        "train": trained_on,
         "train_seconds": train_seconds,
         "iterations": int(state["trainer"]["iteration"]),
         "weights": str(run_dir / "models" / "model_final.pt"),
@@ -344,10 +345,11 @@ def main(argv: list[str] | None = None) -> int:
             studies = find_studies(args.data)
             folds = patient_folds(studies, args.folds)
             pool = studies
+        recipe = {"learning_rate": args.learning_rate, "loss": LOSSES[args.loss]}  # written into every overlay
         runs = []
         for k, held in enumerate(folds):
             train = [s for s in pool if s not in held]
-            overlay = overlay_for(plan, channels, {"learning_rate": args.learning_rate, "loss": LOSSES[args.loss]})
+            overlay = overlay_for(plan, channels, recipe)
             runs.append(
                 train_and_score(f"{tag}/fold{k}", train, held, overlay, out_dir, budget_s, overrides, args.device)
             )
@@ -365,11 +367,7 @@ def main(argv: list[str] | None = None) -> int:
             "cv_seconds": time.perf_counter() - start,  # this run's wall time (folds trained before count 0)
             "train_seconds_total": float(sum(r["train_seconds"] for r in runs)),  # every fold's training, reused or not
         }
-        final_overlay = overlay_for(
-            plan,
-            channels,
-            {"learning_rate": args.learning_rate, "loss": LOSSES[args.loss], "keep_largest_component": keep},
-        )
+        final_overlay = overlay_for(plan, channels, {**recipe, "keep_largest_component": keep})
         if args.final == "all" and args.train is None:
             final = train_and_score(f"{tag}/all", pool, [], final_overlay, out_dir, budget_s, overrides, args.device)
             entry["final"] = {"kind": "all", "weights": [final["weights"]], "train_seconds": final["train_seconds"]}
