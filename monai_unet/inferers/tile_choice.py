@@ -12,11 +12,11 @@ image (its overhang included: tiles fitted to the image) times the measured seco
 (:func:`seconds_per_flop`, interpolated between the timed tiles) is least. As the speed can fall off a cliff between
 two rungs (on a 2-core AMD EPYC the rung 748 timed 20-30% slower per pixel than 620), the candidate fastest at
 the better speed of the timed tiles around it is first timed in its own shape, until that candidate is one timed
-already (at most :data:`CONTENDERS` of them). Every tile is timed three times, in passes, the
-fastest timing kept, so a slow spell of a shared machine during one timing does not move the choice
-(:data:`TIMING_ROUNDS`); each pass comes after the one before has been paid for. The timings are kept per network
-architecture, device, dtype, thread count and batch for the life of the process, and only tiles up to the one the
-FLOPs pick are timed. The timing of a process costs at most the FLOPs of the inferences it served so far: each image
+already (at most :data:`CONTENDERS` of them). Every tile is timed three times, in passes, the median timing
+kept, so neither a slow spell of a shared machine during one timing nor one timing that came out fast moves the
+choice (:data:`TIMING_ROUNDS`); each pass comes after the one before has been paid for. The timings are kept per
+network architecture, device, dtype, thread count and batch for the life of the process, and only tiles up to the one
+the FLOPs pick are timed. The timing of a process costs at most the FLOPs of the inferences it served so far: each image
 adds its FLOPs to a credit the timings spend, so a small first image lets FLOPs decide alone, the next ones go on
 where it stopped, and a rung dearer than one image's inference is timed once enough images have paid for it, rather
 than never (a 1024^2 image alone could not pay for the 748 rung and kept a 444 tile, 1.2x the time of 700). Where
@@ -30,6 +30,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -62,10 +63,11 @@ __all__ = [
 DEFAULT_MEMORY_BUDGET = 2 * 2**30
 TILE_SEARCHES = ("auto", "measure", "flops")
 
-# measured speeds: (network architecture, device, dtype, threads, batch) -> {cubic tile: seconds per output pixel}
+# measured speeds: (network architecture, device, dtype, threads, batch) -> {tile: seconds per output pixel}, the
+# median of the tile's timings (see TIMING_ROUNDS)
 _SPEEDS: dict[tuple, dict[tuple[int, ...], float]] = {}
-# how many timings each of those speeds is the fastest of (see TIMING_ROUNDS)
-_SAMPLES: dict[tuple, dict[tuple[int, ...], int]] = {}
+# the timings of each of those tiles, seconds per output pixel
+_SAMPLES: dict[tuple, dict[tuple[int, ...], list[float]]] = {}
 # FLOPs of inference served but not yet spent on timing, per key of _SPEEDS (see speed_cap's max_flops)
 _CREDIT: dict[tuple, float] = {}
 
@@ -234,9 +236,12 @@ TIMING_FORWARDS = 1 + TIMED_FORWARDS
 CONTENDERS = 3
 """Candidate tiles of an image timed in their own shapes, at most (:func:`default_tile_size`)."""
 TIMING_ROUNDS = 3
-"""Timings per rung the choice rests on, the fastest kept, while the timing credit lasts (a pass over the rungs
-before the next): the fastest of two forwards still moved by 10% on a shared 2-core CPU (a 748 rung at 0.858 us per
-output pixel in one process, 0.776 in another), enough to take a 620 tile on a 16384^2 image where 700 ran 6% faster.
+"""Timings per rung the choice rests on, the median kept (of two the faster), while the timing credit lasts (a pass
+over the rungs before the next): the fastest of two forwards still moved by 10% on a shared 2-core CPU (a 748 rung
+at 0.858 us per output pixel in one process, 0.776 in another), enough to take a 620 tile on a 16384^2 image where
+700 ran 6% faster. The median, not the fastest: one timing can also come out fast (a 700 tile once timed 0.667 us
+per output pixel where it ran the image at 0.828 and other processes timed it at 0.815-0.875), and the fastest of
+three then took it on a 16384^2 image, 1.20x the time of 620.
 """
 
 
@@ -287,11 +292,12 @@ def _time_tile(
     batch: int,
     key: tuple,
 ) -> None:
-    """Time ``tile`` once more (:func:`time_forward`) into the speeds of ``key``, the fastest timing kept."""
+    """Time ``tile`` once more (:func:`time_forward`) into the speeds of ``key``: the median of its timings (the
+    lower of the middle two, so of two the faster)."""
     seconds = time_forward(network, tile, channels, device, dtype, batch)
-    table, samples = _SPEEDS.setdefault(key, {}), _SAMPLES.setdefault(key, {})
-    table[tile] = min(table.get(tile, math.inf), seconds / (_out_pixels(rules, tile) * batch))
-    samples[tile] = samples.get(tile, 0) + 1
+    timings = _SAMPLES.setdefault(key, {}).setdefault(tile, [])
+    timings.append(seconds / (_out_pixels(rules, tile) * batch))
+    _SPEEDS.setdefault(key, {})[tile] = statistics.median_low(timings)
 
 
 def speed_ladder(rules: SizeRules, dims: int, memory_budget: int, sw_batch_size: int = 1) -> list[int]:
@@ -339,7 +345,7 @@ def speed_cap(
 ) -> int | None:
     """The largest tile worth using on this device: the fastest per output pixel of :func:`speed_ladder`, timed
     from the smallest up (:func:`time_forward`, cached) until a tile is 15% slower per output pixel than the best
-    so far, in :data:`TIMING_ROUNDS` passes (the fastest timing of each rung kept). ``None`` when the largest rung
+    so far, in :data:`TIMING_ROUNDS` passes (the median timing of each rung kept). ``None`` when the largest rung
     is the fastest (no cap).
 
     ``up_to``: the tile the FLOPs pick for an image (it may not be cubic); the ladder is cut below its volume and
@@ -371,7 +377,7 @@ def speed_cap(
         nonlocal spent, afford
         speeds: list[tuple[float, tuple[int, ...]]] = []
         for t in ladder:
-            if afford and samples.get(t, 0) < rounds:
+            if afford and len(samples.get(t, ())) < rounds:
                 need = _timing_cost(rules, t, sw_batch_size)
                 if spent + need > allowed:
                     afford = False  # nothing more this call; a later one goes on from here, with more credit
@@ -452,7 +458,7 @@ def default_tile_size(
     for _ in range(CONTENDERS * TIMING_ROUNDS):
         tile = best(optimistic=True)
         need = _timing_cost(rules, tile, sw_batch_size)
-        if samples.get(tile, 0) >= TIMING_ROUNDS or need > left:
+        if len(samples.get(tile, ())) >= TIMING_ROUNDS or need > left:
             break
         left -= need
         _time_tile(network, rules, tile, channels, device, dtype, sw_batch_size, key)
