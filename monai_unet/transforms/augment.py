@@ -104,6 +104,8 @@ def recommended_augmentations(
     elastic_prob: float = 0.9,
     rotate: bool = True,
     intensity_prob: float = 0.3,
+    intensity_scale: float = 0.1,
+    channel_wise: bool = False,
     noise_std: float = 0.05,
     rotate_range: Sequence[float] | float | None = None,
     scale_range: Sequence[float] | float | None = None,
@@ -115,7 +117,9 @@ def recommended_augmentations(
     along every axis and 90-degree rotations in the first two axes (when they have equal sizes); the elastic
     deformation (2D: :func:`paper_elastic_2d` with a random rotation folded in when ``rotate``; 3D and more:
     :class:`RandCoarseElasticd` with per-axis ``elastic_sigma`` in voxels); on ``image_keys`` only: gamma contrast
-    (0.7-1.5), intensity scale (+-10%) and shift (+-0.1), Gaussian noise. In 3D, ``rotate_range`` and
+    (0.7-1.5), intensity scale (+-``intensity_scale``, 10%) and shift (+-``intensity_scale``), each drawn per channel
+    with ``channel_wise`` (as nnU-Net's brightness and contrast: one MR sequence brighter, another not), Gaussian
+    noise. In 3D, ``rotate_range`` and
     ``scale_range`` add nnU-Net's random rotation and scaling (MONAI's ``RandAffined``, mirrored borders) before
     the elastic deformation: for a slice-by-slice (``2d``) plan, any angle about the slice axis and +-30% in
     plane, e.g. ``rotate_range=(0, 0, 3.1416)``, ``scale_range=(0.3, 0.3, 0)``.
@@ -129,6 +133,8 @@ def recommended_augmentations(
         elastic_prob: probability of the elastic deformation.
         rotate: add random rotations (any angle in 2D, folded into the elastic resampling; 90-degree steps).
         intensity_prob: probability of each grey-value change.
+        intensity_scale: the largest relative intensity scale and the largest shift (in normalised grey values).
+        channel_wise: draw the scale and the shift per channel (multi-sequence images) rather than one for all.
         noise_std: maximum standard deviation of the Gaussian noise.
         rotate_range: 3D only: rotation angles in radians about each axis, ``uniform[-r, r]`` (``None``: none).
         scale_range: 3D only: zoom per axis, a factor ``1 + uniform[-s, s]`` (``None``: none).
@@ -140,6 +146,8 @@ def recommended_augmentations(
     """
     if spatial_dims < 2:
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+    if not 0.0 <= intensity_scale < 1.0:
+        raise ValueError(f"intensity_scale must be in [0, 1), got {intensity_scale}.")
     if spatial_dims == 2 and (rotate_range is not None or scale_range is not None):
         raise ValueError(
             "rotate_range and scale_range are for 3D; in 2D the rotation is folded into the elastic deformation "
@@ -192,8 +200,12 @@ def recommended_augmentations(
     if image_keys:
         transforms += [
             RandAdjustContrastd(keys=image_keys, prob=intensity_prob, gamma=(0.7, 1.5)),
-            RandScaleIntensityd(keys=image_keys, factors=0.1, prob=intensity_prob),
-            RandShiftIntensityd(keys=image_keys, offsets=0.1, prob=intensity_prob),
+            RandScaleIntensityd(
+                keys=image_keys, factors=intensity_scale, prob=intensity_prob, channel_wise=channel_wise
+            ),
+            RandShiftIntensityd(
+                keys=image_keys, offsets=intensity_scale, prob=intensity_prob, channel_wise=channel_wise
+            ),
             RandGaussianNoised(keys=image_keys, prob=intensity_prob, std=noise_std),
         ]
     return Compose(transforms)

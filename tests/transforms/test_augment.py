@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from monai.transforms import Compose
 from PIL import Image
 
 from monai_unet.transforms import paper_elastic_2d, recommended_augmentations
@@ -126,3 +127,28 @@ def test_no_affine_unless_asked():
     assert "RandAffined" not in [type(t).__name__ for t in aug.transforms]
     with pytest.raises(ValueError, match="rotate_range and scale_range are for 3D"):
         recommended_augmentations(spatial_size=(32, 32), spatial_dims=2, rotate_range=0.5)
+
+
+@pytest.mark.parametrize("channel_wise", [False, True])
+def test_intensity_scale_and_shift_per_channel(channel_wise):
+    """With ``channel_wise`` each sequence of a multi-channel image gets its own scale and shift (nnU-Net's
+    per-channel brightness and contrast), within +-intensity_scale; without, one for all channels."""
+    aug = recommended_augmentations(
+        keys=("image",), spatial_size=(16, 16, 4), spatial_dims=3, elastic_prob=0.0, intensity_prob=1.0,
+        intensity_scale=0.25, channel_wise=channel_wise, noise_std=0.0,
+    )  # fmt: skip
+    scale_shift = [t for t in aug.transforms if type(t).__name__ in ("RandScaleIntensityd", "RandShiftIntensityd")]
+    assert len(scale_shift) == 2
+    image = torch.ones((4, 16, 16, 4))
+    aug.set_random_state(seed=0)
+    out = Compose(scale_shift)({"image": image})["image"].as_tensor()
+    per_channel = out.flatten(1)
+    assert torch.allclose(per_channel, per_channel[:, :1])  # each channel changed as a whole
+    values = per_channel[:, 0]
+    assert ((values >= 0.75 * 1 - 0.25) & (values <= 1.25 * 1 + 0.25)).all()
+    assert (len(set(values.tolist())) == 4) == channel_wise
+
+
+def test_intensity_scale_checked():
+    with pytest.raises(ValueError, match="intensity_scale"):
+        recommended_augmentations(spatial_size=(32, 32, 8), spatial_dims=3, intensity_scale=1.5)
