@@ -119,10 +119,10 @@ def recommended_augmentations(
     :class:`RandCoarseElasticd` with per-axis ``elastic_sigma`` in voxels); on ``image_keys`` only: gamma contrast
     (0.7-1.5), intensity scale (+-``intensity_scale``, 10%) and shift (+-``intensity_scale``), each drawn per channel
     with ``channel_wise`` (as nnU-Net's brightness and contrast: one MR sequence brighter, another not), Gaussian
-    noise. In 3D, ``rotate_range`` and
-    ``scale_range`` add nnU-Net's random rotation and scaling (MONAI's ``RandAffined``, mirrored borders) before
-    the elastic deformation: for a slice-by-slice (``2d``) plan, any angle about the slice axis and +-30% in
-    plane, e.g. ``rotate_range=(0, 0, 3.1416)``, ``scale_range=(0.3, 0.3, 0)``.
+    noise. In 3D, ``rotate_range`` and ``scale_range`` add nnU-Net's random rotation and scaling (MONAI's
+    ``RandAffined``, mirrored borders) before the elastic deformation: for a slice-by-slice (``2d``) plan, any
+    angle about the slice axis and +-30% in plane, e.g. ``rotate_range=(0, 0, 3.1416)``, ``scale_range=(0.3, 0.3,
+    0)``.
 
     Args:
         keys: image and label keys (labels: every key not in ``image_keys``; nearest-neighbour interpolation).
