@@ -177,18 +177,29 @@ def test_default_tile_is_within_5_percent_of_the_best_at_every_size(monkeypatch,
         assert clock.seconds(spatial, tile) <= 1.05 * best, (size, tile)
 
 
-class SlowSpell(MeasuredClock):
-    """:class:`MeasuredClock` on a shared machine: the first timing of the rung ``slow`` takes ``factor`` times
-    longer (another process ran beside it), as a 748 rung timed 10% slow in one 16384^2 run and took the choice
-    from a 700 tile to a 620 one, 5% slower."""
+class OneOddTiming:
+    """Mixed into a model clock: the first timing of the tile of side ``side`` takes ``factor`` times its time (a
+    shared machine: another process beside it, or a timing that came out fast)."""
 
-    def __init__(self, slow: int, factor: float) -> None:
+    def __init__(self, side: int, factor: float) -> None:
         super().__init__(knee=None)
-        self.slow, self.factor = slow, factor
+        self.side, self.factor = side, factor
 
     def __call__(self, network, tile, channels, device, dtype, batch) -> float:
         seconds = super().__call__(network, tile, channels, device, dtype, batch)
-        return seconds * (self.factor if tile[0] == self.slow and self.timed.count(self.slow) == 1 else 1.0)
+        return seconds * (self.factor if tile[0] == self.side and self.timed.count(self.side) == 1 else 1.0)
+
+
+class SlowSpell(OneOddTiming, MeasuredClock):
+    """:class:`MeasuredClock` with one slow timing (``factor`` > 1), as a 748 rung timed 10% slow in one 16384^2 run
+    and took the choice from a 700 tile to a 620 one, 5% slower."""
+
+
+def _choose(monkeypatch, clock: FakeClock, spatial: tuple[int, int]) -> tuple[int, ...]:
+    """The default tile of a new process whose forwards ``clock`` times."""
+    clear_tile_timings()
+    monkeypatch.setattr(tc, "time_forward", clock)
+    return default_tile_size(BIG, RULES, spatial, 1, CPU, torch.float32, tc.DEFAULT_MEMORY_BUDGET)
 
 
 def test_a_slow_spell_on_one_timing_does_not_move_the_choice(monkeypatch) -> None:
@@ -197,24 +208,19 @@ def test_a_slow_spell_on_one_timing_does_not_move_the_choice(monkeypatch) -> Non
     budget = tc.DEFAULT_MEMORY_BUDGET
     rungs = tc.speed_ladder(RULES, 2, budget)[:5]
 
-    def choose(clock: FakeClock, spatial: tuple[int, int]) -> tuple[int, ...]:
-        clear_tile_timings()
-        monkeypatch.setattr(tc, "time_forward", clock)
-        return default_tile_size(BIG, RULES, spatial, 1, CPU, torch.float32, budget)
-
     for size in (4096, 8192, 16384):
         spatial = (size, size)
-        quiet = choose(MeasuredClock(knee=None), spatial)
+        quiet = _choose(monkeypatch, MeasuredClock(knee=None), spatial)
         for slow, factor in itertools.product(rungs, (1.1, 1.3)):
             clock = SlowSpell(slow, factor)
-            tile = choose(clock, spatial)
+            tile = _choose(monkeypatch, clock, spatial)
             assert clock.seconds(spatial, tile) <= 1.01 * clock.seconds(spatial, quiet), (size, slow, factor, tile)
     # the premise: one timing per rung (and no candidate timed in its own shape), and a 10% spell on the 892 rung
     # costs a 16384^2 image 3% or more
     spatial, clock = (16384, 16384), SlowSpell(892, 1.1)
     monkeypatch.setattr(tc, "TIMING_ROUNDS", 1)
     monkeypatch.setattr(tc, "CONTENDERS", 0)
-    tile = choose(clock, spatial)
+    tile = _choose(monkeypatch, clock, spatial)
     best = min(clock.seconds(spatial, c.tile) for c in tc.tile_candidates(RULES, spatial, budget))
     assert clock.seconds(spatial, tile) >= 1.03 * best, tile
 
@@ -223,20 +229,14 @@ def test_one_fast_timing_does_not_move_the_choice(monkeypatch) -> None:
     """The median of a tile's timings is kept, not the fastest: one timing 20% fast (a 700 tile once timed 0.667 us
     per output pixel and ran the image at 0.828) leaves the choice within 1% of a quiet machine's, whichever tile
     (rung or candidate timed in its own shape) it hits. With the fastest kept, it took a 16384^2 image to 1.20x."""
-    budget = tc.DEFAULT_MEMORY_BUDGET
-
-    def choose(clock: FakeClock, spatial: tuple[int, int]) -> tuple[int, ...]:
-        clear_tile_timings()
-        monkeypatch.setattr(tc, "time_forward", clock)
-        return default_tile_size(BIG, RULES, spatial, 1, CPU, torch.float32, budget)
 
     def worst(spatial: tuple[int, int]) -> float:
         quiet_clock = CliffClock(knee=None)
-        quiet = choose(quiet_clock, spatial)
+        quiet = _choose(monkeypatch, quiet_clock, spatial)
         costs = []
         for fast in sorted(set(quiet_clock.timed)):
             clock = FastFluke(fast, 0.8)
-            costs.append(clock.seconds(spatial, choose(clock, spatial)) / clock.seconds(spatial, quiet))
+            costs.append(clock.seconds(spatial, _choose(monkeypatch, clock, spatial)) / clock.seconds(spatial, quiet))
         return max(costs)
 
     for size in (4096, 8192, 16384):
@@ -254,16 +254,8 @@ class CliffClock(MeasuredClock):
         return 115e9 if t <= 716 else 85e9
 
 
-class FastFluke(CliffClock):
-    """:class:`CliffClock` with the first timing of the tile of side ``fast`` taking ``factor`` of its time."""
-
-    def __init__(self, fast: int, factor: float) -> None:
-        super().__init__(knee=None)
-        self.fast, self.factor = fast, factor
-
-    def __call__(self, network, tile, channels, device, dtype, batch) -> float:
-        seconds = super().__call__(network, tile, channels, device, dtype, batch)
-        return seconds * (self.factor if tile[0] == self.fast and self.timed.count(self.fast) == 1 else 1.0)
+class FastFluke(OneOddTiming, CliffClock):
+    """:class:`CliffClock` with one fast timing (``factor`` < 1)."""
 
 
 @pytest.mark.parametrize("size", [2048, 8192])
