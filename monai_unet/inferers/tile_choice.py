@@ -70,6 +70,11 @@ _SPEEDS: dict[tuple, dict[tuple[int, ...], float]] = {}
 _SAMPLES: dict[tuple, dict[tuple[int, ...], list[float]]] = {}
 # FLOPs of inference served but not yet spent on timing, per key of _SPEEDS (see speed_cap's max_flops)
 _CREDIT: dict[tuple, float] = {}
+# keys of _SPEEDS whose last speed_cap wanted a timing the credit could not pay for
+_SHORT: set[tuple] = set()
+# settled choices: (key of _SPEEDS, rules, image size, budget, batch, overlap) -> (tile, FLOPs of one inference),
+# kept while nothing more is timed for the key, so that a call of the default costs what an explicit tile's does
+_CHOICES: dict[tuple, tuple[tuple[int, ...], float]] = {}
 
 
 class Candidate(NamedTuple):
@@ -215,6 +220,8 @@ def clear_tile_timings() -> None:
     _SPEEDS.clear()
     _SAMPLES.clear()
     _CREDIT.clear()
+    _SHORT.clear()
+    _CHOICES.clear()
 
 
 def _speed_key(network: Any, device: torch.device, dtype: torch.dtype, batch: int) -> tuple:
@@ -295,6 +302,8 @@ def _time_tile(
     """Time ``tile`` once more (:func:`time_forward`) into the speeds of ``key``: the median of its timings (the
     lower of the middle two, so of two the faster)."""
     seconds = time_forward(network, tile, channels, device, dtype, batch)
+    for memo in [m for m in _CHOICES if m[0] == key]:  # a new timing may change any settled choice of the key
+        del _CHOICES[memo]
     timings = _SAMPLES.setdefault(key, {}).setdefault(tile, [])
     timings.append(seconds / (_out_pixels(rules, tile) * batch))
     _SPEEDS.setdefault(key, {})[tile] = statistics.median_low(timings)
@@ -396,6 +405,10 @@ def speed_cap(
     # machine rarely covers both)
     for rounds in range(1, TIMING_ROUNDS + 1):
         tile = walk(rounds)
+    if afford:
+        _SHORT.discard(key)
+    else:
+        _SHORT.add(key)
     if max_flops is not None:
         _CREDIT[key] = allowed - spent
     return None if tile is None or tile == ladder[-1] else max(tile)
@@ -424,6 +437,13 @@ def default_tile_size(
     tile_search = check_option("tile_search", tile_search, TILE_SEARCHES)
     if tile_search == "flops" or rules.halo is None or max(rules.halo) == 0:
         return auto_tile_size(rules, spatial, memory_budget, sw_batch_size, overlap)
+    key = _speed_key(network, device, dtype, sw_batch_size)
+    memo = (key, rules, tuple(spatial), int(memory_budget), sw_batch_size, float(overlap))
+    if memo in _CHOICES:  # settled: nothing more to time, so the same choice without the candidates again
+        tile, flops = _CHOICES[memo]
+        if tile_search == "auto":
+            _CREDIT[key] = _CREDIT.get(key, 0.0) + max_cost * flops * max(repeats, 1)
+        return tile
     candidates = tile_candidates(rules, spatial, memory_budget, sw_batch_size, overlap)
     if not candidates:
         return auto_tile_size(rules, spatial, memory_budget, sw_batch_size, overlap)
@@ -443,7 +463,6 @@ def default_tile_size(
     capped = [c for c in candidates if all(t <= m for t, m in zip(c.tile, limit))]
     if not capped:
         return flop_tile
-    key = _speed_key(network, device, dtype, sw_batch_size)
     left = math.inf if max_flops is None else _CREDIT.get(key, 0.0)  # what speed_cap left of the credit
 
     def best(optimistic: bool = False) -> tuple[int, ...]:
@@ -455,16 +474,23 @@ def default_tile_size(
     # it ran at the better speed of the timed tiles around it is timed in its own shape (TIMING_ROUNDS times, a
     # candidate at a time, while the credit lasts) until that candidate is one timed already
     samples = _SAMPLES.setdefault(key, {})
+    settled = key not in _SHORT
     for _ in range(CONTENDERS * TIMING_ROUNDS):
         tile = best(optimistic=True)
         need = _timing_cost(rules, tile, sw_batch_size)
-        if len(samples.get(tile, ())) >= TIMING_ROUNDS or need > left:
+        if len(samples.get(tile, ())) >= TIMING_ROUNDS:
+            break
+        settled = False
+        if need > left:
             break
         left -= need
         _time_tile(network, rules, tile, channels, device, dtype, sw_batch_size, key)
     if max_flops is not None:
         _CREDIT[key] = left
-    return best()
+    choice = best()
+    if settled:  # nothing was left to time: later calls on this image size take the same tile
+        _CHOICES[memo] = (choice, work / max(repeats, 1))
+    return choice
 
 
 def seconds_per_flop(

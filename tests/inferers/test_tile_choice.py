@@ -337,3 +337,26 @@ def test_default_memory_budget_follows_the_machine() -> None:
     # within it, the inferer's default tile fits (the estimate is checked against the profiler elsewhere)
     tile = default_tile_size(BIG, RULES, (4096, 4096), 1, CPU, torch.float32, budget, tile_search="flops")
     assert tc.estimate_activation_bytes(RULES, tile, 1) <= budget
+
+
+def test_a_settled_choice_is_kept_without_choosing_again(monkeypatch) -> None:
+    """Once nothing is left to time, the default takes the same tile without listing the candidates again (a call
+    costs what an explicit tile's does); the credit still grows, and a new timing or clearing the timings drops it."""
+    clock = MeasuredClock(knee=None)
+    monkeypatch.setattr(tc, "time_forward", clock)
+    budget, spatial = tc.DEFAULT_MEMORY_BUDGET, (1024, 1024)
+    tiles = [default_tile_size(BIG, RULES, spatial, 1, CPU, torch.float32, budget) for _ in range(20)]
+    assert tc._CHOICES, "twenty 1024^2 images leave nothing to time"
+    listed = []
+    real = tc.tile_candidates
+    monkeypatch.setattr(tc, "tile_candidates", lambda *a, **k: listed.append(a) or real(*a, **k))
+    credit, timed = sum(tc._CREDIT.values()), len(clock.timed)
+    again = default_tile_size(BIG, RULES, spatial, 1, CPU, torch.float32, budget)
+    assert again == tiles[-1] and not listed and len(clock.timed) == timed
+    assert sum(tc._CREDIT.values()) == pytest.approx(credit + min(c.flops for c in real(RULES, spatial, budget)))
+    tc._time_tile(BIG, RULES, (700, 700), 1, CPU, torch.float32, 1, next(iter(tc._CHOICES))[0])  # a new timing
+    assert not tc._CHOICES
+    default_tile_size(BIG, RULES, spatial, 1, CPU, torch.float32, budget)
+    assert listed  # chosen again from the candidates
+    clear_tile_timings()
+    assert not tc._CHOICES
