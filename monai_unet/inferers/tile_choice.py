@@ -432,7 +432,8 @@ def default_tile_size(
     docstring): the fewest FLOPs over the image within ``memory_budget`` and, unless ``tile_search`` is
     ``"flops"``, no larger than the :func:`speed_cap`, by measured time (:data:`CONTENDERS`). With ``"auto"`` the
     timing may cost at most ``max_cost`` times the FLOPs of the inferences it served in this process, this one
-    included (``repeats``: batch x flips); ``"measure"`` times without limit.
+    included (``repeats``: batch x flips); ``"measure"`` times without limit. Once nothing is left to time, the
+    choice for an image size is kept until a new timing (a call then costs no more than with an explicit tile).
     """
     tile_search = check_option("tile_search", tile_search, TILE_SEARCHES)
     if tile_search == "flops" or rules.halo is None or max(rules.halo) == 0:
@@ -448,7 +449,8 @@ def default_tile_size(
     if not candidates:
         return auto_tile_size(rules, spatial, memory_budget, sw_batch_size, overlap)
     flop_tile = _fewest_flops(candidates)
-    work = min(c.flops for c in candidates) * max(repeats, 1)
+    flops = min(c.flops for c in candidates)  # of one inference at the tile the FLOPs pick
+    work = flops * max(repeats, 1)
     max_flops = None if tile_search == "measure" else max_cost * work
     cap = speed_cap(
         network, rules, len(spatial), channels, device, dtype, memory_budget, sw_batch_size, flop_tile, max_flops
@@ -489,7 +491,7 @@ def default_tile_size(
         _CREDIT[key] = left
     choice = best()
     if settled:  # nothing was left to time: later calls on this image size take the same tile
-        _CHOICES[memo] = (choice, work / max(repeats, 1))
+        _CHOICES[memo] = (choice, flops)
     return choice
 
 
