@@ -169,6 +169,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             target_spacing=args.target_spacing,
             configuration=args.configuration,
             slices=args.slices,
+            deep_supervision=args.deep_supervision,
         )
         plan = make_plan(
             args.bundle,
@@ -283,6 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-features", type=int, default=None, help="channels of the top level (CPU 8, CUDA 32)")
     p.add_argument("--max-features", type=int, default=None, help="cap of the channels per level (CPU 128, CUDA 320)")
     p.add_argument("--max-pools", type=int, default=5, help="the most poolings along one axis (default 5)")
+    p.add_argument(
+        "--deep-supervision",
+        type=int,
+        default=0,
+        metavar="N",
+        help="nnU-Net's deep supervision: N decoder levels below the top get their own output, scored against the "
+        "label down-sampled to them (default 0: none, the paper; unpadded 3-wide kernels line up level 1 only)",
+    )
     p.add_argument(
         "--target-spacing",
         type=float,

@@ -164,9 +164,18 @@ class UNet(nn.Module):
         strides: the down-sampling factor before each level (max pooling with kernel = stride; the up-sampling
             mirrors it), one entry per level, each an int or one per axis, ``strides[0] = 1``; ``None``:
             ``(1, 2, 2, ...)`` (the paper).
+        deep_supervision: nnU-Net's deep supervision: the number of decoder levels below the top that get their own
+            1x1 output convolution (0, the paper: none; at most ``len(features) - 2``, every level but the bottom,
+            and only levels whose voxels line up with the top output's: with 3-wide kernels and stride 2 unpadded,
+            level 1 and not level 2, whose voxels sit half a voxel off; nnU-Net gives its lowest decoder output no
+            weight, so for four levels it supervises level 1 as well).
+            In training mode the network then returns a list, the top output first and then level 1, 2, ..., each
+            cropped to the region of the top output (its size divided by the level's total stride), which
+            :func:`monai_unet.losses.deep_supervision_loss` scores against the label down-sampled to it. In
+            evaluation mode it returns the top output alone, as without deep supervision.
 
     Input ``(B, in_channels, *S)`` with every ``S[i]`` a valid size (see :meth:`is_valid_size`); output
-    ``(B, out_channels, *output_size(S))``.
+    ``(B, out_channels, *output_size(S))`` (in training mode with ``deep_supervision``, a list of such outputs).
     """
 
     __jit_unused_properties__: ClassVar[list[str]] = ["depth", "halo", "axis_rules"]
@@ -185,6 +194,7 @@ class UNet(nn.Module):
         act: str | tuple = "relu",
         kernel_size: Sequence[int | Sequence[int]] | None = None,
         strides: Sequence[int | Sequence[int]] | None = None,
+        deep_supervision: int = 0,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -209,6 +219,12 @@ class UNet(nn.Module):
             raise ValueError(
                 f"strides[0] must be 1 (no down-sampling before the top level) and every stride >= 1, got {steps}."
             )
+        if not 0 <= int(deep_supervision) <= levels - 2:
+            raise ValueError(
+                f"deep_supervision must be between 0 and {levels - 2} (the decoder levels below the top, the bottom "
+                f"level excluded, for {levels} levels), got {deep_supervision}."
+            )
+        head_strides, head_offsets = self._head_geometry(kernels, steps, padding, int(deep_supervision))
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -258,6 +274,14 @@ class UNet(nn.Module):
             for i in reversed(range(self.n_pool))
         )
         self.final = Conv[Conv.CONV, spatial_dims](features[0], out_channels, kernel_size=1)
+        self.deep_supervision = int(deep_supervision)
+        # one 1x1 output convolution per supervised level (1, 2, ...) and that level's total stride per axis
+        self.heads = nn.ModuleList(
+            Conv[Conv.CONV, spatial_dims](features[level], out_channels, kernel_size=1)
+            for level in range(1, self.deep_supervision + 1)
+        )
+        self.head_strides = head_strides
+        self.head_offsets = head_offsets
         self.reset_parameters()
 
     @staticmethod
@@ -278,6 +302,39 @@ class UNet(nn.Module):
                     f"{name} entries need one int or {dims} values (one per spatial axis), got {v}."
                 ) from e
         return tuple(out)
+
+    @staticmethod
+    def _head_geometry(
+        kernels: tuple[tuple[int, ...], ...], steps: tuple[tuple[int, ...], ...], padding: str, heads: int
+    ) -> tuple[list[list[int]], list[list[int]]]:
+        """Per supervised level (1, 2, ...) and axis: its total stride, and the voxels its output has beyond the
+        top output's region on each side (the same for every valid input size).
+
+        A decoder level ``L`` output of ``O_L`` voxels gives ``O_{L-1} = s_L O_L - c_{L-1}`` one level up (``c``
+        the voxels level ``L - 1``'s two convolutions lose: ``2 (k - 1)`` unpadded, 0 padded), so level ``L``
+        covers the top output's region and ``sum_{j<L} c_j S_j / (2 S_L)`` voxels on each side (``S`` the total
+        strides). Only a whole number lines its voxels up with the top output's, ``S_L`` of them to one.
+        """
+        dims = len(kernels[0])
+        strides_out: list[list[int]] = []
+        offsets_out: list[list[int]] = []
+        for level in range(1, heads + 1):
+            strides, offsets = [], []
+            for a in range(dims):
+                total = [math.prod(steps[j][a] for j in range(i + 1)) for i in range(level + 1)]
+                lost = sum((2 * (kernels[j][a] - 1) if padding == "valid" else 0) * total[j] for j in range(level))
+                if lost % (2 * total[level]) != 0:
+                    raise ValueError(
+                        f"deep_supervision={heads}: level {level}'s voxels do not line up with the top output's along "
+                        f"axis {a} (it reaches {lost / (2 * total[level]):g} of its voxels beyond the top output's "
+                        f"region on each side, kernels {[k[a] for k in kernels]}, strides {[s[a] for s in steps]}); "
+                        f"use deep_supervision={level - 1} or less."
+                    )
+                strides.append(total[level])
+                offsets.append(lost // (2 * total[level]))
+            strides_out.append(strides)
+            offsets_out.append(offsets)
+        return strides_out, offsets_out
 
     def reset_parameters(self) -> None:
         """He initialisation: normal with std ``sqrt(2 / N)``, ``N`` the inputs feeding one output unit."""
@@ -348,8 +405,9 @@ class UNet(nn.Module):
 
     # ---- forward ------------------------------------------------------------------------------------------------
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, in_channels, *S) -> (B, out_channels, *output_size(S))``."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """``(B, in_channels, *S) -> (B, out_channels, *output_size(S))``; in training mode with
+        ``deep_supervision``, a list: that output, then each supervised level's cropped to its region."""
         if x.dim() != self.spatial_dims + 2:
             raise ValueError(
                 "UNet(spatial_dims="
@@ -371,6 +429,17 @@ class UNet(nn.Module):
             skips.append(x)
             x = pool(x)
         x = self.dropout(self.bottom(x))
+        levels: list[torch.Tensor] = []  # decoder outputs, level n_pool - 1 first
         for i, dec in enumerate(self.decoders):
             x = dec(x, skips[len(skips) - 1 - i])
-        return self.final(x)
+            levels.append(x)
+        out = self.final(x)
+        if not self.training or self.deep_supervision == 0:
+            return out
+        outputs = [out]
+        for k, head in enumerate(self.heads):
+            y = head(levels[len(levels) - 2 - k])  # decoder level k + 1, cropped to the top output's region
+            for axis in range(self.spatial_dims):
+                y = y.narrow(axis + 2, self.head_offsets[k][axis], out.shape[axis + 2] // self.head_strides[k][axis])
+            outputs.append(y)
+        return outputs

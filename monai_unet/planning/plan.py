@@ -48,6 +48,7 @@ PLAN_KEYS = (
     "features",
     "kernel_size",
     "strides",
+    "deep_supervision",
     "tile_size",
     "batch_size",
     "infer_tile_size",
@@ -80,6 +81,8 @@ class PlanOptions:
             along it).
         slices: with ``"2d"``, the neighbouring slices one training tile holds (each is segmented on its own;
             they share the tile's instance normalisation, as a 2D batch shares a batch).
+        deep_supervision: decoder levels below the top with their own output and loss (nnU-Net's deep
+            supervision, ``UNet(deep_supervision=...)``); 0: none, the paper.
     """
 
     memory_mb: int
@@ -91,6 +94,7 @@ class PlanOptions:
     target_spacing: list[float] | None = None
     configuration: str = "3d"
     slices: int = 4
+    deep_supervision: int = 0
 
     @classmethod
     def for_device(
@@ -317,6 +321,27 @@ def make_plan(
         raise PlanError(str(e)) from e
     assert net.rules.axes is not None
     topo = net.topology
+    from monai_unet.networks import UNet
+
+    try:  # the network refuses levels whose voxels do not line up with the top output's
+        UNet(
+            dims,
+            1,
+            info.out_channels,
+            features=net.features,
+            kernel_size=topo.kernel_size,
+            strides=topo.strides,
+            deep_supervision=options.deep_supervision,
+        )
+    except ValueError as e:
+        raise PlanError(f"--deep-supervision {options.deep_supervision}: {e}") from e
+    reasons["deep_supervision"] = (
+        "none, as the paper (--deep-supervision N: nnU-Net's extra outputs on N decoder levels)"
+        if options.deep_supervision == 0
+        else f"--deep-supervision {options.deep_supervision} as given: decoder levels 1-{options.deep_supervision} "
+        "get their own 1x1 output, scored against the label down-sampled to them with nnU-Net's weights (1/2^level, "
+        "summing to 1); the top output alone segments"
+    )
     halo = net.halo
     rf_vox, rf_mm = receptive_field(halo, spacing)
     infer_tile, infer_bytes = plan_infer_tile(net.rules, largest, spacing, budget, net.tile)
@@ -386,6 +411,7 @@ def make_plan(
         "features": list(net.features),
         "kernel_size": [list(k) for k in topo.kernel_size],
         "strides": [list(s) for s in topo.strides],
+        "deep_supervision": options.deep_supervision,
         "tile_size": list(net.tile),
         "batch_size": batch,
         "infer_tile_size": list(infer_tile),
@@ -446,12 +472,16 @@ def _measure(info: BundleInfo, plan: Mapping[str, Any], output: tuple[int, ...],
     """Build the bundle's network with the plan's keys and time training steps (Dice + cross-entropy, SGD)."""
     from monai.losses import DiceCELoss
 
+    from monai_unet.losses import deep_supervision_loss
+
     parser = info.parser
-    for key in ("features", "kernel_size", "strides", "in_channels", "out_channels"):
+    for key in ("features", "kernel_size", "strides", "in_channels", "out_channels", "deep_supervision"):
         parser[key] = plan[key]
         parser[f"network_def#{key}"] = plan[key]
     network = parser.get_parsed_content("network_def", instantiate=True)
-    loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+    loss = deep_supervision_loss(
+        DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True), plan["deep_supervision"]
+    )
     return measure_training_steps(
         network,
         loss,

@@ -29,8 +29,13 @@ def _weights_fit(root: Path, plan: Path, iterations: int) -> None:
     net.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
 
 
-def test_monai_unet_train_with_a_plan(tiny_volumes: Path, tmp_path: Path) -> None:
-    plan = make_plan("unet3d_volume", tiny_volumes, PlanOptions.for_device("cpu", memory_mb=300), measure=False)
+@pytest.mark.parametrize("deep_supervision", [0, 1])
+def test_monai_unet_train_with_a_plan(tiny_volumes: Path, tmp_path: Path, deep_supervision: int) -> None:
+    """With deep supervision the trainer scores the extra output too, and the weights (heads included) load into
+    the inference network, which gives the top output alone."""
+    options = PlanOptions.for_device("cpu", memory_mb=300, deep_supervision=deep_supervision)
+    plan = make_plan("unet3d_volume", tiny_volumes, options, measure=False)
+    assert plan["deep_supervision"] == deep_supervision
     path = write_plan(plan, tmp_path / "PLAN.json")
     work = tmp_path / "run"
     argv = ["train", "--bundle", "unet3d_volume", "--dataset-dir", str(tiny_volumes), "--config", str(path)]

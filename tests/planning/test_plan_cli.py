@@ -120,3 +120,26 @@ def test_2d_configuration_of_a_2d_bundle_is_a_clear_error(tmp_path: Path, capsys
     err = capsys.readouterr().err
     assert "--configuration 2d plans a volume slice by slice; unet2d_membrane is 2D already" in err
     assert "Traceback" not in err and not out.exists()
+
+
+def test_deep_supervision_is_planned_timed_and_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--deep-supervision 1``: the plan says so and its step is timed with the extra output's loss; a level whose
+    voxels do not line up with the top output's is a clear error, and nothing is written."""
+    dataset = tmp_path / "wide"  # wide enough slices for four levels
+    write_case(dataset, "case_a", (120, 112, 6), seed=1)
+    write_case(dataset, "case_b", (128, 120, 6), seed=2)
+    out = tmp_path / "PLAN.json"
+    args = ["--device", "cpu", "--memory-mb", "256", "--configuration", "2d"]
+    assert main(_plan(dataset, out, *args, "--deep-supervision", "1")) == 0
+    printed = capsys.readouterr().out
+    assert "\ndeep_supervision" in printed and "--deep-supervision 1 as given: decoder levels 1-1" in printed
+    plan = json.loads(out.read_text())
+    assert plan["deep_supervision"] == 1 and plan["plan_info"]["options"]["deep_supervision"] == 1
+    assert plan["plan_info"]["measured"]["step_seconds"] > 0
+    levels = len(plan["features"])
+    assert levels >= 4, "the tiny dataset plans deep enough to refuse level 2"
+    bad = tmp_path / "BAD.json"
+    assert main(_plan(dataset, bad, *args, "--no-measure", "--deep-supervision", "2")) == 2
+    err = capsys.readouterr().err
+    assert "--deep-supervision 2: deep_supervision=2: level 2's voxels do not line up" in err
+    assert "Traceback" not in err and not bad.exists()
