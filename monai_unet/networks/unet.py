@@ -169,13 +169,15 @@ class UNet(nn.Module):
             and only levels whose voxels line up with the top output's: with 3-wide kernels and stride 2 unpadded,
             level 1 and not level 2, whose voxels sit half a voxel off; nnU-Net gives its lowest decoder output no
             weight, so for four levels it supervises level 1 as well).
-            In training mode the network then returns a list, the top output first and then level 1, 2, ..., each
-            cropped to the region of the top output (its size divided by the level's total stride), which
-            :func:`monai_unet.losses.deep_supervision_loss` scores against the label down-sampled to it. In
-            evaluation mode it returns the top output alone, as without deep supervision.
+            In training mode the network then returns them stacked along dimension 1, as MONAI's ``DynUNet`` does,
+            ``(B, 1 + deep_supervision, out_channels, *output_size(S))``: the top output first, then level 1, 2, ...,
+            each cropped to the top output's region and repeated by the level's total stride to its size (exact:
+            a level's voxel stands for that many top voxels), which :func:`monai_unet.losses.deep_supervision_loss`
+            scores against the label. In evaluation mode it returns the top output alone, as without deep
+            supervision (one tensor either way, so TorchScript and the export wrappers take it).
 
     Input ``(B, in_channels, *S)`` with every ``S[i]`` a valid size (see :meth:`is_valid_size`); output
-    ``(B, out_channels, *output_size(S))`` (in training mode with ``deep_supervision``, a list of such outputs).
+    ``(B, out_channels, *output_size(S))`` (in training mode with ``deep_supervision``, stacked as above).
     """
 
     __jit_unused_properties__: ClassVar[list[str]] = ["depth", "halo", "axis_rules"]
@@ -405,9 +407,10 @@ class UNet(nn.Module):
 
     # ---- forward ------------------------------------------------------------------------------------------------
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_channels, *S) -> (B, out_channels, *output_size(S))``; in training mode with
-        ``deep_supervision``, a list: that output, then each supervised level's cropped to its region."""
+        ``deep_supervision``, ``(B, 1 + deep_supervision, out_channels, *output_size(S))``: that output, then each
+        supervised level's, cropped to its region and repeated to its size."""
         if x.dim() != self.spatial_dims + 2:
             raise ValueError(
                 "UNet(spatial_dims="
@@ -440,6 +443,8 @@ class UNet(nn.Module):
         for k, head in enumerate(self.heads):
             y = head(levels[len(levels) - 2 - k])  # decoder level k + 1, cropped to the top output's region
             for axis in range(self.spatial_dims):
-                y = y.narrow(axis + 2, self.head_offsets[k][axis], out.shape[axis + 2] // self.head_strides[k][axis])
+                stride = self.head_strides[k][axis]
+                y = y.narrow(axis + 2, self.head_offsets[k][axis], out.shape[axis + 2] // stride)
+                y = y.repeat_interleave(stride, dim=axis + 2)
             outputs.append(y)
-        return outputs
+        return torch.stack(outputs, dim=1)

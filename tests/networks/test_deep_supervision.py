@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from monai.losses import DeepSupervisionLoss, DiceCELoss
+from monai.losses import DiceCELoss
 from torch import nn
 
 from monai_unet.export.network import unet_kwargs
-from monai_unet.losses import deep_supervision_loss, deep_supervision_weights
+from monai_unet.losses import StackedDeepSupervisionLoss, deep_supervision_loss, deep_supervision_weights
 from monai_unet.networks import UNet
 
 PLANNED = {  # the committed brain plan's topology: slice by slice along z
@@ -41,8 +41,10 @@ def test_a_head_voxel_sits_over_the_two_top_voxels_it_stands_for() -> None:
         nn.init.zeros_(dec.up.bias)
     net = net.double().train()
     x = torch.randn(1, 1, 60, 60, dtype=torch.float64, requires_grad=True)
-    top, head = net(x)
-    assert tuple(top.shape[2:]) == (20, 20) and tuple(head.shape[2:]) == (10, 10)
+    stacked = net(x)
+    assert tuple(stacked.shape) == (1, 2, 2, 20, 20)
+    top, head = stacked[:, 0], stacked[:, 1]
+    torch.testing.assert_close(head[..., 0::2, :], head[..., 1::2, :])  # a level-1 voxel repeated over its two
 
     def centre(out: torch.Tensor, row: int, col: int) -> float:
         (g,) = torch.autograd.grad(out[0, 1, row, col], x, retain_graph=True)
@@ -50,7 +52,7 @@ def test_a_head_voxel_sits_over_the_two_top_voxels_it_stands_for() -> None:
         return (first + last) / 2
 
     for i in range(10):
-        assert centre(head, i, 3) == (centre(top, 2 * i, 6) + centre(top, 2 * i + 1, 6)) / 2 == 20.5 + 2 * i
+        assert centre(head, 2 * i, 6) == (centre(top, 2 * i, 6) + centre(top, 2 * i + 1, 6)) / 2 == 20.5 + 2 * i
 
 
 @pytest.mark.parametrize("size", [(196, 204, 4), (236, 244, 5), (116, 124, 1)])
@@ -58,8 +60,8 @@ def test_the_planned_network_returns_its_top_output_and_level_1_cropped_to_it(si
     torch.manual_seed(0)
     net = UNet(**PLANNED, deep_supervision=1).train()
     x = torch.randn(1, 4, *size)
-    top, head = net(x)
-    assert tuple(head.shape[2:]) == (top.shape[2] // 2, top.shape[3] // 2, top.shape[4])
+    stacked = net(x)
+    assert stacked.shape == (1, 2, 2, *net.output_size(size))
     assert net.head_offsets == [[1, 1, 0]] and net.head_strides == [[2, 2, 1]]
 
 
@@ -81,8 +83,9 @@ def test_a_level_whose_voxels_sit_half_a_voxel_off_is_refused() -> None:
     with pytest.raises(ValueError, match="between 0 and 2"):
         UNet(**PLANNED, deep_supervision=3)
     same = UNet(2, 1, 2, features=(4, 8, 16, 32), padding="same", deep_supervision=2).train()
-    shapes = [tuple(o.shape[2:]) for o in same(torch.randn(1, 1, 64, 64))]
-    assert shapes == [(64, 64), (32, 32), (16, 16)]  # padded: every level lines up
+    stacked = same(torch.randn(1, 1, 64, 64))
+    assert stacked.shape == (1, 3, 2, 64, 64)  # padded: every level lines up
+    torch.testing.assert_close(stacked[:, 2, :, 0::4], stacked[:, 2, :, 3::4])
 
 
 def test_scripted_and_exported_networks_keep_the_heads() -> None:
@@ -92,6 +95,7 @@ def test_scripted_and_exported_networks_keep_the_heads() -> None:
     scripted = torch.jit.script(net)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), net(x))
+        assert scripted.train()(x).shape == (1, 2, 2, *net.output_size(x.shape[2:]))  # scripted, it supervises too
     flat = UNet(2, 1, 2, features=(4, 8, 16), deep_supervision=1)  # the export reads a 2D network's arguments
     kwargs = unet_kwargs(flat)
     assert kwargs["deep_supervision"] == 1
@@ -104,17 +108,17 @@ def test_nnunet_weights_and_the_loss_reach_every_head() -> None:
     base = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
     assert deep_supervision_loss(base, 0) is base
     wrapped = deep_supervision_loss(base, 1)
-    assert isinstance(wrapped, DeepSupervisionLoss)
+    assert isinstance(wrapped, StackedDeepSupervisionLoss)
     torch.manual_seed(0)
     net = UNet(**PLANNED, deep_supervision=1).train()
-    x = torch.randn(2, 4, 116, 124, 1)
-    top, head = net(x)
-    label = (torch.rand(2, 1, *top.shape[2:]) > 0.7).float()
-    loss = wrapped([top, head], label)
-    small = label[:, :, 1::2, 1::2]  # MONAI's nearest-neighbour down-sampling picks voxel 2i + 1 of each pair
-    want = 2 / 3 * base(top, label) + 1 / 3 * base(head, small)
-    torch.testing.assert_close(loss, want)
+    stacked = net(torch.randn(2, 4, 116, 124, 1))
+    label = (torch.rand(2, 1, *stacked.shape[3:]) > 0.7).float()
+    loss = wrapped(stacked, label)
+    torch.testing.assert_close(loss, 2 / 3 * base(stacked[:, 0], label) + 1 / 3 * base(stacked[:, 1], label))
+    torch.testing.assert_close(wrapped(stacked[:, 0], label), base(stacked[:, 0], label))  # one output: the loss
     loss.backward()
     assert net.heads[0].weight.grad is not None and net.heads[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"expects outputs stacked as \(B, 2, C"):
+        wrapped(torch.cat([stacked, stacked], dim=1), label)
     with pytest.raises(ValueError, match=">= 0"):
         deep_supervision_loss(base, -1)
