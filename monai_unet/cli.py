@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="N",
         help="nnU-Net's deep supervision: N decoder levels below the top get their own output, scored against the "
-        "label down-sampled to them (default 0: none, the paper; unpadded 3-wide kernels line up level 1 only)",
+        "label (default 0: none, the paper; unpadded 3-wide kernels line up level 1 only)",
     )
     p.add_argument(
         "--target-spacing",

@@ -339,8 +339,8 @@ def make_plan(
         "none, as the paper (--deep-supervision N: nnU-Net's extra outputs on N decoder levels)"
         if options.deep_supervision == 0
         else f"--deep-supervision {options.deep_supervision} as given: decoder levels 1-{options.deep_supervision} "
-        "get their own 1x1 output, scored against the label down-sampled to them with nnU-Net's weights (1/2^level, "
-        "summing to 1); the top output alone segments"
+        "get their own 1x1 output, each coarse voxel scored against the label voxels under it, with nnU-Net's "
+        "weights (1/2^level, summing to 1); the top output alone segments"
     )
     halo = net.halo
     rf_vox, rf_mm = receptive_field(halo, spacing)
