@@ -98,7 +98,7 @@ def unet_kwargs(network: nn.Module) -> dict[str, Any]:
         "act": _act_arg(network),
         "kernel_size": _per_level(network.kernel_size, (3,) * levels),
         "strides": _per_level(network.strides, (1,) + (2,) * (levels - 1)),
-        "deep_supervision": int(getattr(network, "deep_supervision", 0)),
+        "deep_supervision": network.deep_supervision,
     }
     kwargs = json.loads(json.dumps(kwargs))  # exactly what the package's rdf.yaml will hold
     twin = UNet(**kwargs)

@@ -17,6 +17,7 @@ The ``*_1d(size, depth, padding)`` functions are the paper's network (3-wide ker
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -114,6 +115,26 @@ class AxisRule:
     def is_flat(self) -> bool:
         """Whether the network never looks across this axis (1-wide kernels, no pooling at every level)."""
         return max(self.kernels) == 1 and self.step == 1
+
+    def step_to(self, level: int) -> int:
+        """The total stride of ``level`` (the product of the strides down to it)."""
+        return math.prod(self.strides[: level + 1])
+
+    def decoder_margin(self, level: int) -> float:
+        """Voxels, at ``level``'s own spacing, by which decoder level ``level``'s output reaches beyond the top
+        output's region on each side: the same for every valid input size.
+
+        A decoder output of ``O_L`` voxels gives ``O_{L-1} = s_L O_L - c_{L-1}`` one level up (``c`` what level
+        ``L - 1``'s two convolutions lose: ``2 (k - 1)`` unpadded, 0 padded), so the margin is
+        ``sum_{j<L} c_j S_j / (2 S_L)`` (``S`` the total strides). Only a whole number lines the level's voxels up
+        with the top output's, ``S_L`` of them to one (deep supervision needs that).
+        """
+        total, lost = 1, 0
+        for j in range(level):
+            if self.padding == "valid":
+                lost += 2 * (self.kernels[j] - 1) * total
+            total *= self.strides[j + 1]
+        return lost / (2 * total)
 
     def output(self, size: int) -> int:
         """Output length for an input of ``size``, or ``-1`` when ``size`` is not a valid input length."""

@@ -226,7 +226,6 @@ class UNet(nn.Module):
                 f"deep_supervision must be between 0 and {levels - 2} (the decoder levels below the top, the bottom "
                 f"level excluded, for {levels} levels), got {deep_supervision}."
             )
-        head_strides, head_offsets = self._head_geometry(kernels, steps, padding, int(deep_supervision))
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -242,6 +241,24 @@ class UNet(nn.Module):
         # per-axis smallest valid size and step, for the check inside forward (TorchScript reads plain int lists)
         self.size_first = [r.first for r in self._axis_rules]
         self.size_step = [r.step for r in self._axis_rules]
+        # per supervised level (1, 2, ...) and axis: its total stride and the voxels it reaches beyond the top
+        # output's region on each side (deep supervision crops them off)
+        self.head_strides = [
+            [r.step_to(level) for r in self._axis_rules] for level in range(1, int(deep_supervision) + 1)
+        ]
+        self.head_offsets: list[list[int]] = []
+        for level in range(1, int(deep_supervision) + 1):
+            margins = [r.decoder_margin(level) for r in self._axis_rules]
+            off = [a for a, m in enumerate(margins) if m != int(m)]
+            if off:
+                a = off[0]
+                raise ValueError(
+                    f"deep_supervision={deep_supervision}: level {level}'s voxels do not line up with the top output's "
+                    f"along axis {a} (it reaches {margins[a]:g} of its voxels beyond the top output's region on each "
+                    f"side, kernels {[k[a] for k in kernels]}, strides {[st[a] for st in steps]}); use "
+                    f"deep_supervision={level - 1} or less."
+                )
+            self.head_offsets.append([int(m) for m in margins])
         flat = [a for a, r in enumerate(self._axis_rules) if r.is_flat]
         self.slice_axis = flat[0] if spatial_dims == 3 and len(flat) == 1 else None
 
@@ -277,13 +294,11 @@ class UNet(nn.Module):
         )
         self.final = Conv[Conv.CONV, spatial_dims](features[0], out_channels, kernel_size=1)
         self.deep_supervision = int(deep_supervision)
-        # one 1x1 output convolution per supervised level (1, 2, ...) and that level's total stride per axis
+        # one 1x1 output convolution per supervised level (1, 2, ...)
         self.heads = nn.ModuleList(
             Conv[Conv.CONV, spatial_dims](features[level], out_channels, kernel_size=1)
             for level in range(1, self.deep_supervision + 1)
         )
-        self.head_strides = head_strides
-        self.head_offsets = head_offsets
         self.reset_parameters()
 
     @staticmethod
@@ -304,39 +319,6 @@ class UNet(nn.Module):
                     f"{name} entries need one int or {dims} values (one per spatial axis), got {v}."
                 ) from e
         return tuple(out)
-
-    @staticmethod
-    def _head_geometry(
-        kernels: tuple[tuple[int, ...], ...], steps: tuple[tuple[int, ...], ...], padding: str, heads: int
-    ) -> tuple[list[list[int]], list[list[int]]]:
-        """Per supervised level (1, 2, ...) and axis: its total stride, and the voxels its output has beyond the
-        top output's region on each side (the same for every valid input size).
-
-        A decoder level ``L`` output of ``O_L`` voxels gives ``O_{L-1} = s_L O_L - c_{L-1}`` one level up (``c``
-        the voxels level ``L - 1``'s two convolutions lose: ``2 (k - 1)`` unpadded, 0 padded), so level ``L``
-        covers the top output's region and ``sum_{j<L} c_j S_j / (2 S_L)`` voxels on each side (``S`` the total
-        strides). Only a whole number lines its voxels up with the top output's, ``S_L`` of them to one.
-        """
-        dims = len(kernels[0])
-        strides_out: list[list[int]] = []
-        offsets_out: list[list[int]] = []
-        for level in range(1, heads + 1):
-            strides, offsets = [], []
-            for a in range(dims):
-                total = [math.prod(steps[j][a] for j in range(i + 1)) for i in range(level + 1)]
-                lost = sum((2 * (kernels[j][a] - 1) if padding == "valid" else 0) * total[j] for j in range(level))
-                if lost % (2 * total[level]) != 0:
-                    raise ValueError(
-                        f"deep_supervision={heads}: level {level}'s voxels do not line up with the top output's along "
-                        f"axis {a} (it reaches {lost / (2 * total[level]):g} of its voxels beyond the top output's "
-                        f"region on each side, kernels {[k[a] for k in kernels]}, strides {[s[a] for s in steps]}); "
-                        f"use deep_supervision={level - 1} or less."
-                    )
-                strides.append(total[level])
-                offsets.append(lost // (2 * total[level]))
-            strides_out.append(strides)
-            offsets_out.append(offsets)
-        return strides_out, offsets_out
 
     def reset_parameters(self) -> None:
         """He initialisation: normal with std ``sqrt(2 / N)``, ``N`` the inputs feeding one output unit."""
@@ -432,12 +414,14 @@ class UNet(nn.Module):
             skips.append(x)
             x = pool(x)
         x = self.dropout(self.bottom(x))
-        levels: list[torch.Tensor] = []  # decoder outputs, level n_pool - 1 first
+        supervise = self.training and self.deep_supervision > 0
+        levels: list[torch.Tensor] = []  # decoder outputs, level n_pool - 1 first (kept only to supervise them)
         for i, dec in enumerate(self.decoders):
             x = dec(x, skips[len(skips) - 1 - i])
-            levels.append(x)
+            if supervise:
+                levels.append(x)
         out = self.final(x)
-        if not self.training or self.deep_supervision == 0:
+        if not supervise:
             return out
         outputs = [out]
         for k, head in enumerate(self.heads):

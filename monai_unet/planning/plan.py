@@ -252,6 +252,7 @@ def make_plan(
         PlanError: bad data (naming the case) or a budget too small for any valid tile.
     """
     import monai_unet
+    from monai_unet.networks import UNet
 
     options = options or PlanOptions.for_device()
     say = progress or (lambda _line: None)
@@ -321,8 +322,6 @@ def make_plan(
         raise PlanError(str(e)) from e
     assert net.rules.axes is not None
     topo = net.topology
-    from monai_unet.networks import UNet
-
     try:  # the network refuses levels whose voxels do not line up with the top output's
         UNet(
             dims,
