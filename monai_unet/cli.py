@@ -347,7 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="which series (folder name or SeriesDescription, shell pattern; several joined by |) is the bundle's "
         "input channel NAME, e.g. --channel FLAIR='*FLAIR*|*T2 FLAIR*'",
     )
-    p.add_argument("--tta", action="store_true", help="flip test-time augmentation (all flips, probabilities averaged)")
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="flip test-time augmentation (all flips, probabilities averaged); without it, as the bundle config's "
+        "tta says (a planned overlay may set it)",
+    )
     p.add_argument(
         "--precision",
         choices=("fp32", "bf16", "fp16", "auto"),

@@ -62,6 +62,11 @@ def smooth_image(side: int, seed: int = 0) -> torch.Tensor:
     return torch.nn.functional.conv2d(torch.nn.functional.pad(x, (0, 0, 6, 6), mode="reflect"), k.transpose(-1, -2))
 
 
+def timings_done() -> int:
+    """Timings the tile choice has made in this process (since the last ``clear_tile_timings``)."""
+    return sum(len(t) for table in tc._SAMPLES.values() for t in table.values())
+
+
 def best_seconds(inferers: dict, image: torch.Tensor, net: UNet, rounds: int) -> dict:
     """Best of ``rounds`` runs of each inferer, the inferers taking turns within a round (drift on a shared
     machine then touches each of them alike, not the ones timed last)."""
@@ -116,7 +121,7 @@ def main() -> int:
                 default(image, net)
             warmup += time.perf_counter() - t0
             calls += 1
-            done = sum(len(t) for timings in tc._SAMPLES.values() for t in timings.values())
+            done = timings_done()
             quiet = quiet + 1 if done == timings else 0
             timings = done
         chosen = CHOSEN[-1] if CHOSEN else None
@@ -128,7 +133,11 @@ def main() -> int:
         if chosen is not None and chosen not in picked:
             picked.append(chosen)
         inferers = {"default": default} | {tile: OverlapTileInferer(tile_size=tile) for tile in picked}
+        first_round_call, done = len(CHOSEN), timings_done()
         timings = best_seconds(inferers, image, net, args.rounds)
+        # the default's calls in the timed rounds: the tiles they took and the timings they made (none, once settled)
+        round_tiles = sorted({"x".join(map(str, t)) for t in CHOSEN[first_round_call:]})
+        round_timings = timings_done() - done
         t_default = timings.pop("default")
         choice_s = max(0.0, warmup - calls * t_default)
         best_tile = min(timings, key=timings.get)
@@ -142,6 +151,8 @@ def main() -> int:
         )
         detail = ", ".join(f"{t[0]}:{s:.2f}" for t, s in sorted(timings.items()))
         print(f"       explicit tiles (side: s): {detail}", flush=True)
+        shown_rounds = ", ".join(round_tiles)
+        print(f"       the default in the timed rounds: tiles {shown_rounds}; {round_timings} timings", flush=True)
         rungs = ", ".join(
             f"{t[0]}:{spp * 1e6:.3f} ({' '.join(f'{v * 1e6:.3f}' for v in tc._SAMPLES[key][t])})"
             for key, table in tc._SPEEDS.items()

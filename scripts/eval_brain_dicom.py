@@ -11,8 +11,11 @@ each with T1prereg, T1post, T2reg, FLAIRreg and a MaskTumor series on one grid) 
    (the CLI's code path, the label map on the study's own grid) and scores tumour Dice against its mask
    series, voxel for voxel.
    The fold's last weights are scored (no held-out study chooses anything).
-2. **Post-processing chosen on the cross-validation**: keep the largest connected component of the tumour, or not,
-   whichever gives the higher mean cross-validation Dice; written into the overlay the final model is used with.
+2. **Test-time augmentation and post-processing chosen on the cross-validation**: each held-out study is segmented
+   as the network gives it and with flip test-time augmentation (probabilities averaged over all flips, as nnU-Net
+   scores its folds), each with and without keeping the largest connected component of the tumour; whichever of
+   the four gives the highest mean cross-validation Dice (a tie: the simpler) is written into the overlay the final
+   model is used with (``tta``, ``keep_largest_component``).
 3. **The model for new patients** (``--final all``, nnU-Net's ``all`` fold): trained on every study within the same
    budget; or ``--final ensemble``: the fold models, averaged by ``monai-unet predict --checkpoint A.pt B.pt``.
 
@@ -127,6 +130,11 @@ def load_ras(path: str | os.PathLike) -> np.ndarray:
 def dice(pred: np.ndarray, true: np.ndarray) -> float:
     total = float(pred.sum() + true.sum())
     return 1.0 if total == 0 else 2.0 * float((pred & true).sum()) / total
+
+
+def score_key(tta: bool, keep_largest_component: bool) -> str:
+    """The key of a held-out study's Dice with flip TTA or not, the largest component kept or not."""
+    return "dice" + ("_tta" if tta else "") + ("_largest_component" if keep_largest_component else "")
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
@@ -249,35 +257,40 @@ def train_and_score(
     }
     if not test:
         return result
-    start = time.perf_counter()
-    results = predict(
-        "unet3d_volume",
-        [str(s) for s in test],
-        run_dir / "predictions",
-        checkpoint=run_dir / "models" / "model_final.pt",
-        configs=[str(overlay_path)],
-        device=device,
-        overwrite=True,
-        progress=False,
-    )
-    result["inference_seconds"] = time.perf_counter() - start
-    if len(results) != len(test):  # one segmentation per study, or the scores would pair the wrong files
-        found = ", ".join(r.key for r in results)
-        raise SystemExit(f"{len(test)} test studies gave {len(results)} segmentations ({found}): one each expected")
-    for study, res in zip(test, results):
-        if res.status != "done":
-            raise SystemExit(f"prediction of {study} failed: {res.reason}")
-        pred = load_ras(res.outputs[0]) > 0
-        true = load_ras(next(study.glob(LABEL_SERIES))) > 0
-        if pred.shape != true.shape:
-            raise SystemExit(f"prediction {pred.shape} and mask series {true.shape} of {study} are not on one grid")
-        result["studies"][str(study)] = {
-            "dice": dice(pred, true),
-            "dice_largest_component": dice(largest_component(pred), true),
-            "predicted_voxels": int(pred.sum()),
-            "mask_voxels": int(true.sum()),
-            "prediction": str(res.outputs[0]),
-        }
+    # each held-out study segmented twice: as the network gives it, and with flip test-time augmentation (the
+    # probabilities averaged over all flips, as nnU-Net scores its folds); the cross-validation chooses between them
+    for tta, suffix in ((False, ""), (True, "_tta")):
+        start = time.perf_counter()
+        results = predict(
+            "unet3d_volume",
+            [str(s) for s in test],
+            run_dir / f"predictions{suffix}",
+            checkpoint=run_dir / "models" / "model_final.pt",
+            configs=[str(overlay_path)],
+            tta=tta,
+            device=device,
+            overwrite=True,
+            progress=False,
+        )
+        result[f"inference_seconds{suffix}"] = time.perf_counter() - start
+        if len(results) != len(test):  # one segmentation per study, or the scores would pair the wrong files
+            found = ", ".join(r.key for r in results)
+            raise SystemExit(f"{len(test)} test studies gave {len(results)} segmentations ({found}): one each expected")
+        for study, res in zip(test, results):
+            if res.status != "done":
+                raise SystemExit(f"prediction of {study} failed: {res.reason}")
+            pred = load_ras(res.outputs[0]) > 0
+            true = load_ras(next(study.glob(LABEL_SERIES))) > 0
+            if pred.shape != true.shape:
+                raise SystemExit(f"prediction {pred.shape} and mask series {true.shape} of {study} are not on one grid")
+            result["studies"].setdefault(str(study), {"mask_voxels": int(true.sum())}).update(
+                {
+                    f"dice{suffix}": dice(pred, true),
+                    f"dice{suffix}_largest_component": dice(largest_component(pred), true),
+                    f"predicted_voxels{suffix}": int(pred.sum()),
+                    f"prediction{suffix}": str(res.outputs[0]),
+                }
+            )
     return result
 
 
@@ -354,20 +367,29 @@ def main(argv: list[str] | None = None) -> int:
                 train_and_score(f"{tag}/fold{k}", train, held, overlay, out_dir, budget_s, overrides, args.device)
             )
         scores = {s: r for run in runs for s, r in run["studies"].items()}
-        plain = float(np.mean([r["dice"] for r in scores.values()]))
-        largest = float(np.mean([r["dice_largest_component"] for r in scores.values()]))
-        keep = largest > plain
+        # the mean Dice of each way of using the models: flip TTA or not, the largest component kept or not; the
+        # best of them (on the held-out studies of all folds together, never one test study) is written into the
+        # overlay the model for new patients is used with
+        means = {
+            (tta, keep): float(np.mean([r[score_key(tta, keep)] for r in scores.values()]))
+            for tta in (False, True)
+            for keep in (False, True)
+        }
+        tta, keep = max(means, key=lambda k: (means[k], -k[0], -k[1]))  # a tie: the simpler way
         entry = {
             "channels": channels,
             "loss": args.loss,
             "folds": runs,
-            "mean_dice": plain,
-            "mean_dice_largest_component": largest,
+            "mean_dice": means[False, False],
+            "mean_dice_largest_component": means[False, True],
+            "mean_dice_tta": means[True, False],
+            "mean_dice_tta_largest_component": means[True, True],
+            "tta": tta,
             "keep_largest_component": keep,
             "cv_seconds": time.perf_counter() - start,  # this run's wall time (folds trained before count 0)
             "train_seconds_total": float(sum(r["train_seconds"] for r in runs)),  # every fold's training, reused or not
         }
-        final_overlay = overlay_for(plan, channels, {**recipe, "keep_largest_component": keep})
+        final_overlay = overlay_for(plan, channels, {**recipe, "tta": tta, "keep_largest_component": keep})
         if args.final == "all" and args.train is None:
             final = train_and_score(f"{tag}/all", pool, [], final_overlay, out_dir, budget_s, overrides, args.device)
             entry["final"] = {"kind": "all", "weights": [final["weights"]], "train_seconds": final["train_seconds"]}
@@ -377,23 +399,25 @@ def main(argv: list[str] | None = None) -> int:
             entry["final"]["overlay"] = str(write_json(out_dir / tag / "final_overlay.json", final_overlay))
         report["sets"][tag] = entry
         write_json(out_dir / "results.json", report)
-        print(f"\n{tag}: per study")
+        print(f"\n{tag}: per study (Dice; largest component; with flip TTA; with flip TTA, largest component)")
         for s, r in scores.items():
             print(
-                f"  {Path(s).parent.name}/{Path(s).name}: Dice {r['dice']:.3f} (largest component "
-                f"{r['dice_largest_component']:.3f}; {r['mask_voxels']} mask voxels, {r['predicted_voxels']} predicted)"
+                f"  {Path(s).parent.name}/{Path(s).name}: {r['dice']:.3f}; {r['dice_largest_component']:.3f}; "
+                f"{r['dice_tta']:.3f}; {r['dice_tta_largest_component']:.3f} ({r['mask_voxels']} mask voxels, "
+                f"{r['predicted_voxels']} predicted, {r['predicted_voxels_tta']} with TTA)"
             )
         print(
-            f"{tag}: mean Dice {plain:.3f}, largest component {largest:.3f} -> keep_largest_component={keep}; "
+            f"{tag}: mean Dice {means[False, False]:.3f}, largest component {means[False, True]:.3f}, flip TTA "
+            f"{means[True, False]:.3f}, both {means[True, True]:.3f} -> tta={tta}, keep_largest_component={keep}; "
             f"training {entry['train_seconds_total'] / 60:.1f} min over {len(runs)} folds, this run's wall "
             f"{entry['cv_seconds'] / 60:.1f} min"
         )
-    print("\n| channels | mean Dice (cross-validation) | with largest component | folds | training (all folds) |")
-    print("|---|---|---|---|---|")
+    print("\n| channels | mean Dice (cross-validation) | largest component | flip TTA | both | training (all folds) |")
+    print("|---|---|---|---|---|---|")
     for tag, e in report["sets"].items():
         print(
-            f"| {tag} | {e['mean_dice']:.3f} | {e['mean_dice_largest_component']:.3f} | {len(e['folds'])} | "
-            f"{e['train_seconds_total'] / 60:.1f} min |"
+            f"| {tag} | {e['mean_dice']:.3f} | {e['mean_dice_largest_component']:.3f} | {e['mean_dice_tta']:.3f} | "
+            f"{e['mean_dice_tta_largest_component']:.3f} | {e['train_seconds_total'] / 60:.1f} min |"
         )
     print(f"results: {out_dir / 'results.json'}")
     return 0

@@ -72,7 +72,8 @@ class BundleRunner:
         checkpoint: weights file (a ``state_dict``, or a dict holding one under ``model``/``network``/
             ``state_dict``); default the bundle's ``ckpt_path``. Several files: an ensemble, whose members'
             probabilities (the bundle's activation of each one's output) are averaged.
-        tta: flip test-time augmentation (the inferer averages the probabilities over all flips).
+        tta: flip test-time augmentation (the inferer averages the probabilities over all flips); ``False``: as the
+            bundle's inferer has it (the 3D bundle's ``tta``, which a planned overlay may set).
         precision: what the network computes in (``"fp32"``, ``"bf16"``, ``"fp16"``, ``"auto"``; see
             :class:`~monai_unet.inferers.OverlapTileInferer`); default the bundle's inferer's.
         device: torch device string (default: the bundle's ``device``).

@@ -60,6 +60,21 @@ def test_tta_probabilities_are_activated_once(two_checkpoints, volume) -> None:
     assert agree > 0.8, agree
 
 
+def test_an_overlay_with_tta_runs_as_the_tta_option(two_checkpoints, volume, tmp_path: Path) -> None:
+    """The 3D bundle's ``tta`` (which scripts/eval_brain_dicom.py writes into the final overlay when the
+    cross-validation chooses it) gives what ``tta=True`` gives, without the option."""
+    import json
+
+    overlay = tmp_path / "overlay.json"
+    overlay.write_text(json.dumps({"tta": True}))
+    by_config = runner(two_checkpoints[0], overlays=[overlay])
+    assert by_config.inferer.tta
+    prob = by_config.run(volume.clone(), probabilities=True)["prob"]
+    by_option = runner(two_checkpoints[0], tta=True).run(volume.clone(), probabilities=True)["prob"]
+    torch.testing.assert_close(prob, by_option)
+    assert not runner(two_checkpoints[0]).inferer.tta  # the bundle's default: no tta
+
+
 def test_a_checkpoint_list_names_the_one_that_does_not_fit(two_checkpoints, tmp_path: Path) -> None:
     bad = tmp_path / "bad.pt"
     torch.save({"final.weight": torch.zeros(1)}, bad)

@@ -131,9 +131,16 @@ def test_eval_brain_dicom_cross_validates_by_patient(
             assert r["mask_voxels"] > 0 and 0.0 <= r["dice"] <= 1.0
     scores = [r for f in result["folds"] for r in f["studies"].values()]
     assert result["mean_dice"] == pytest.approx(np.mean([r["dice"] for r in scores]))
-    assert result["keep_largest_component"] == (result["mean_dice_largest_component"] > result["mean_dice"])
+    for tta in (False, True):  # each held-out study scored with and without flip TTA and the largest component
+        for keep in (False, True):
+            key = eval_brain_dicom.score_key(tta, keep)
+            assert result["mean_" + key] == pytest.approx(np.mean([r[key] for r in scores]))
+    means = {(t, k): result["mean_" + eval_brain_dicom.score_key(t, k)] for t in (False, True) for k in (False, True)}
+    assert means[result["tta"], result["keep_largest_component"]] == max(means.values())
+    assert all(r["predicted_voxels_tta"] >= 0 and Path(r["prediction_tta"]).is_file() for r in scores)
     final = json.loads(Path(result["final"]["overlay"]).read_text())
     assert final["keep_largest_component"] == result["keep_largest_component"]
+    assert final["tta"] == result["tta"]
     assert final["in_channels"] == 2 and list(final["channels"]) == ["T1post", "FLAIR"]
     assert result["final"]["kind"] == "all" and Path(result["final"]["weights"][0]).is_file()
     trained = json.loads((out / "T1post+FLAIR" / "all" / "trained.json").read_text())
