@@ -196,6 +196,14 @@ def _read_tile(
     return block
 
 
+def _tta_flips(rules: SizeRules, dims: int) -> list[tuple[int, ...]]:
+    """The flips of flip TTA (tensor dims): every combination of the spatial axes, but for the axes the network never
+    looks across (1-wide kernels and no pooling at every level, the slice axis of a 2d-configured 3D network): there
+    a flip only reorders what the network computes position by position, so it would repeat another flip's output."""
+    axes = [a + 2 for a in range(dims) if rules.axes is None or not rules.axes[a].is_flat]
+    return [f for r in range(len(axes) + 1) for f in itertools.combinations(axes, r)]
+
+
 def _prepare_output(
     out: Any, shape: tuple[int, ...], dims: int, blend: bool, dtype: torch.dtype, device: torch.device
 ) -> Any:
@@ -293,7 +301,7 @@ def overlap_tile_inference(
     device = torch.device(device)
     if channels_last is None:  # on the CPU, where oneDNN runs channels-last convolutions faster
         channels_last = isinstance(network, nn.Module) and sw_device.type == "cpu"
-    flips = [f for r in range(dims + 1) for f in itertools.combinations(range(2, dims + 2), r)] if tta else [()]
+    flips = _tta_flips(rules, dims) if tta else [()]
     activation = tta_activation if tta else "none"
 
     with channels_last_weights(network, channels_last), autocast_for(precision, sw_device, precision_check):
@@ -401,7 +409,9 @@ class OverlapTileInferer(Inferer):
             valid tile fitting the analytic estimate is taken (``ValueError`` if the smallest does not fit).
             Default: a quarter of the physical memory (1-8 GiB) on the CPU, half the free memory on CUDA
             (:func:`~monai_unet.inferers.tile_choice.default_memory_budget`).
-        tta: flip test-time augmentation: average the activated outputs over all ``2 ** spatial_dims`` flips.
+        tta: flip test-time augmentation: average the activated outputs over all ``2 ** spatial_dims`` flips (an
+            axis the network never looks across, 1-wide kernels and no pooling, is not flipped: that would only
+            repeat the other flips' outputs).
         tta_activation: ``"softmax"`` (over channels), ``"sigmoid"`` or ``"none"`` (average logits).
         tile_search: how the tile is chosen when ``tile_size`` is ``None``, among the valid tiles within the memory
             budget: ``"flops"`` takes the one with (within 3%) the fewest FLOPs over the image

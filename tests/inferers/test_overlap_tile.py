@@ -264,6 +264,33 @@ def test_flip_tta_equals_whole_image_tta(dims: int) -> None:
     assert torch.allclose(y.sum(1), torch.ones(()), atol=1e-5)
 
 
+def test_flip_tta_does_not_flip_an_axis_the_network_never_looks_across() -> None:
+    """A 2d-configured 3D network (1-wide kernels and no pooling along z, as the committed brain plan): TTA runs the
+    4 in-plane flips per tile, not 8, and gives the average over all 8 flips of the whole mirrored image."""
+    torch.manual_seed(0)
+    net = UNet(
+        3, 1, 2, features=(4, 8, 16), kernel_size=[[3, 3, 1]] * 3, strides=[[1, 1, 1], [2, 2, 1], [2, 2, 1]]
+    ).eval()
+    rules = size_rules_of(net)
+    assert [r.is_flat for r in net.axis_rules] == [False, False, True]
+    spatial = (30, 26, 5)
+    x = torch.randn(1, 1, *spatial)
+    xm = x
+    for a, s in enumerate(spatial):
+        xm = xm.index_select(a + 2, reflect_indices(-rules.halo[a], rules.input_size(s, a), s))
+    every = [f for r in range(4) for f in itertools.combinations(range(2, 5), r)]
+    crop = (slice(None), slice(None), *(slice(0, s) for s in spatial))
+    calls: list[int] = []
+    net.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        ref = (sum(torch.flip(torch.softmax(net(torch.flip(xm, f)), 1), f) for f in every) / len(every))[crop]
+        calls.clear()
+        tile = (net.axis_rules[0].first + 4 * net.axis_rules[0].step,) * 2 + (5,)  # two tiles along x and y
+        y = OverlapTileInferer(tile_size=tile, tta=True)(x, net)
+    assert_same(y, ref)
+    assert len(calls) == 4 * 4  # 4 tiles, 4 flips each
+
+
 def test_memory_budget_picks_largest_fitting_tile() -> None:
     net = make_net(2)
     rules = size_rules_of(net)
