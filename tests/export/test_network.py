@@ -41,7 +41,11 @@ def test_reversed_network_is_the_bundle_network_transposed(variant: str) -> None
     order = (0, 1, *range(dims + 1, 1, -1))
     x = torch.rand(2, 1, *size)
     with torch.no_grad():
-        torch.testing.assert_close(rev(x.permute(*order).contiguous()), net(x).permute(*order), atol=1e-5, rtol=1e-4)
+        want = net(x).permute(*order)
+        # float rounding relative to the output's scale: the transposed layout sums in another order (instance norm
+        # over 6144 voxels differed by 2.2e-5 at a scale of 5.7 on an AMD EPYC without AVX-512)
+        scale = float(want.abs().max())
+        torch.testing.assert_close(rev(x.permute(*order).contiguous()), want, atol=1e-5 * scale, rtol=1e-4)
     twin = UNet(**kwargs)
     twin.load_state_dict(rev.state_dict())
     assert repr(twin) == repr(rev)
