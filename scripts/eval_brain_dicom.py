@@ -259,6 +259,7 @@ def train_and_score(
         return result
     # each held-out study segmented twice: as the network gives it, and with flip test-time augmentation (the
     # probabilities averaged over all flips, as nnU-Net scores its folds); the cross-validation chooses between them
+    masks = {study: load_ras(next(study.glob(LABEL_SERIES))) > 0 for study in test}  # read once for both passes
     for tta, suffix in ((False, ""), (True, "_tta")):
         start = time.perf_counter()
         results = predict(
@@ -280,13 +281,13 @@ def train_and_score(
             if res.status != "done":
                 raise SystemExit(f"prediction of {study} failed: {res.reason}")
             pred = load_ras(res.outputs[0]) > 0
-            true = load_ras(next(study.glob(LABEL_SERIES))) > 0
+            true = masks[study]
             if pred.shape != true.shape:
                 raise SystemExit(f"prediction {pred.shape} and mask series {true.shape} of {study} are not on one grid")
             result["studies"].setdefault(str(study), {"mask_voxels": int(true.sum())}).update(
                 {
-                    f"dice{suffix}": dice(pred, true),
-                    f"dice{suffix}_largest_component": dice(largest_component(pred), true),
+                    score_key(tta, False): dice(pred, true),
+                    score_key(tta, True): dice(largest_component(pred), true),
                     f"predicted_voxels{suffix}": int(pred.sum()),
                     f"prediction{suffix}": str(res.outputs[0]),
                 }
